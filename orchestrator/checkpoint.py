@@ -1,0 +1,149 @@
+"""The train state ↔ a checkpoint directory: save, verify, load.
+
+Owns the checkpoint format. A checkpoint describes itself:
+
+    step-00000200/
+        model.pt        the model's plain state_dict (usable on its own)
+        train_state.pt  optimizer, scheduler, data cursor, counters
+        job.json        the resolved job file the run was started with
+        manifest.json   format version, step, and size + sha256 of every file above
+
+The manifest is written last, so a directory without a valid manifest is an
+incomplete checkpoint. Loading verifies sizes and checksums first, then uses
+`torch.load(weights_only=True)`: nothing is ever unpickled as an object.
+
+RNG state is not stored: the loop reseeds every generator from
+(seed, step, rank) before each step, so the counters above determine it.
+
+It knows nothing about Ray cluster setup; the loop hands directories to
+`ray.train.report` and gets them back from `ray.train.get_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from orchestrator.data.plan import Cursor
+from orchestrator.errors import CheckpointError
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.pt"
+STATE_FILE = "train_state.pt"
+JOB_FILE = "job.json"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """Everything needed to continue a run exactly where it stopped."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    cursor: Cursor
+    step: int  # optimizer steps taken
+    samples: int  # training rows consumed, over all ranks
+    world_size: int  # of the group that wrote it
+    job: dict[str, Any]  # the resolved job file
+
+
+def dir_name(step: int) -> str:
+    """The directory name of the checkpoint taken after `step` optimizer steps."""
+    return f"step-{step:08d}"
+
+
+def save(state: TrainState, directory: str) -> None:
+    """Write `state` into `directory` (existing, empty); the manifest goes last."""
+    torch.save(state.model, os.path.join(directory, MODEL_FILE))
+    torch.save(
+        {
+            "optimizer": state.optimizer,
+            "scheduler": state.scheduler,
+            "cursor": state.cursor.to_dict(),
+            "step": state.step,
+            "samples": state.samples,
+            "world_size": state.world_size,
+        },
+        os.path.join(directory, STATE_FILE),
+    )
+    with open(os.path.join(directory, JOB_FILE), "w") as f:
+        json.dump(state.job, f, indent=2, sort_keys=True)
+    files = {name: _describe(os.path.join(directory, name)) for name in (MODEL_FILE, STATE_FILE, JOB_FILE)}
+    manifest = {"format_version": FORMAT_VERSION, "step": state.step, "files": files}
+    with open(os.path.join(directory, MANIFEST_FILE), "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+
+
+def verify(directory: str) -> dict:
+    """The manifest of a complete checkpoint; CheckpointError naming what is missing or corrupt."""
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {directory} is incomplete: it has no {MANIFEST_FILE}") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"checkpoint {directory} has an unreadable {MANIFEST_FILE}: {error}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {directory} has format version {manifest.get('format_version')!r}; "
+            f"this orchestrator reads version {FORMAT_VERSION}"
+        )
+    for name, expected in manifest["files"].items():
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            raise CheckpointError(f"checkpoint {directory} is incomplete: {name} is missing")
+        actual = _describe(path)
+        if actual != expected:
+            raise CheckpointError(
+                f"checkpoint {directory} is corrupt: {name} has {actual['bytes']} bytes "
+                f"(sha256 {actual['sha256'][:12]}…), its manifest says {expected['bytes']} "
+                f"(sha256 {expected['sha256'][:12]}…)"
+            )
+    return manifest
+
+
+def load(directory: str) -> TrainState:
+    """The verified train state in `directory`; refuses incomplete, corrupt or unsafe files."""
+    verify(directory)
+    model = _safe_load(directory, MODEL_FILE)
+    state = _safe_load(directory, STATE_FILE)
+    with open(os.path.join(directory, JOB_FILE)) as f:
+        job = json.load(f)
+    return TrainState(
+        model=model,
+        optimizer=state["optimizer"],
+        scheduler=state["scheduler"],
+        cursor=Cursor.from_dict(state["cursor"]),
+        step=int(state["step"]),
+        samples=int(state["samples"]),
+        world_size=int(state["world_size"]),
+        job=job,
+    )
+
+
+def _safe_load(directory: str, name: str) -> Any:
+    path = os.path.join(directory, name)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it holds pickled Python objects, and checkpoints are "
+            f"loaded with weights_only=True ({reason})"
+        ) from None
+
+
+def _describe(path: str) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}

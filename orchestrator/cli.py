@@ -1,0 +1,145 @@
+"""The `orchestrator` command: argument parsing and human-facing output only.
+
+    orchestrator run JOB.yaml [--workers N] [--storage URL] [--name NAME]
+                              [--set key.path=value]... [--address ADDR] [--fresh] [-v]
+    orchestrator validate JOB.yaml [--set key.path=value]...
+
+A user's mistake (an OrchestratorError) prints as one paragraph without a
+traceback and exits with its code (2 for bad input). Anything else keeps its
+traceback: that is a bug to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from orchestrator import spec
+from orchestrator.errors import OrchestratorError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args)
+    except OrchestratorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="train a job across Ray Train workers")
+    _job_arguments(run)
+    run.add_argument("--workers", help="scaling.workers: a count, or MIN,MAX for an elastic run")
+    run.add_argument("--storage", help="storage: where run folders go (path or fsspec URL)")
+    run.add_argument("--name", help="name: the run folder's name under storage")
+    run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    run.add_argument("--fresh", action="store_true", help="delete an earlier run of this name first")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and per-step progress")
+    run.set_defaults(command=_run)
+
+    validate = commands.add_parser("validate", help="check a job file and its data footers without starting Ray")
+    _job_arguments(validate)
+    validate.set_defaults(command=_validate)
+    return parser
+
+
+def _job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="the job file (YAML)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a job file value, e.g. --set optim.lr=0.01 (repeatable)",
+    )
+
+
+def _load(args: argparse.Namespace) -> spec.JobSpec:
+    overrides = list(args.overrides)
+    if getattr(args, "workers", None):
+        workers = args.workers if "," not in args.workers else f"[{args.workers}]"
+        overrides.append(f"scaling.workers={workers}")
+    for key in ("storage", "name"):
+        if getattr(args, key, None):
+            overrides.append(f"{key}={getattr(args, key)}")
+    return spec.load(args.job, overrides)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from orchestrator import launch
+
+    prepared = launch.prepare(_load(args))
+    index, job = prepared.index, prepared.job
+    print(f"job {job.name}: OK")
+    print(f"  data        {len(index.files)} file(s), {len(index.row_groups)} row group(s), {index.num_rows:,} rows")
+    print(f"  features    {len(index.features)}: {', '.join(index.features[:8])}{' …' if len(index.features) > 8 else ''}")
+    print(f"  label       {index.label} → {prepared.outputs} output(s), loss {job.loss.name}")
+    print(
+        f"  per epoch   {prepared.batches_per_epoch} global batches of {job.train.batch_size}, "
+        f"{prepared.dropped_rows} rows dropped"
+    )
+    print(f"  run folder  {prepared.run_url}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orchestrator import launch
+
+    job = _load(args)
+    printer = _ProgressPrinter(job, verbose=args.verbose)
+    summary = launch.run(job, address=args.address, fresh=args.fresh, verbose=args.verbose, on_record=printer)
+    print(_describe(summary))
+    print(summary.run_dir)
+    return 0
+
+
+class _ProgressPrinter:
+    """Turns the workers' records into one line per epoch, restart and (with -v) log point."""
+
+    def __init__(self, job: spec.JobSpec, verbose: bool):
+        self.job, self.verbose, self.starts = job, verbose, 0
+
+    def __call__(self, record: dict) -> None:
+        kind = record["kind"]
+        if kind == "start":
+            self.starts += 1
+            if record["resumed_step"] is not None:
+                print(f"worker group started with {record['world_size']} worker(s); "
+                      f"resuming from the checkpoint at step {record['resumed_step']}", flush=True)
+        elif kind == "epoch":
+            total = f"/{self.job.train.epochs}" if self.job.train.epochs else ""
+            partial = "" if record["complete"] else " (partial)"
+            metrics = _metrics("train", record["train"]) + _metrics("val", record["validation"])
+            print(f"epoch {record['epoch'] + 1}{total}{partial}  step {record['step']}  {metrics}"
+                  f"{record['samples_per_s']:,.0f} samples/s", flush=True)
+        elif kind == "log" and self.verbose:
+            print(f"  step {record['step']}  loss {record['loss']:.4g}  lr {record['lr']:.3g}  "
+                  f"{record['samples_per_s']:,.0f} samples/s", flush=True)
+
+
+def _metrics(prefix: str, metrics: dict) -> str:
+    return "".join(f"{prefix} {name} {value:.4g}  " for name, value in metrics.items())
+
+
+def _describe(summary) -> str:
+    rate = f"{summary.samples_per_s:,.0f} samples/s, " if summary.samples_per_s else ""
+    lines = [
+        f"run {summary.name} {summary.status}: {summary.steps} steps, {summary.epochs_completed} epoch(s), "
+        f"{summary.samples:,} samples in {summary.wall_s:.1f} s ({rate}{summary.world_size} worker(s), "
+        f"{summary.restarts} restart(s))",
+    ]
+    metrics = _metrics("train", summary.train) + _metrics("val", summary.validation)
+    if metrics:
+        lines.append(f"  {metrics.strip()}")
+    if summary.checkpoint:
+        lines.append(f"  checkpoint {summary.checkpoint}")
+    if summary.model:
+        lines.append(f"  model      {summary.model}")
+    return "\n".join(lines)

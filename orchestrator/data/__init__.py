@@ -1,0 +1,1 @@
+"""Parquet data: discovery and footers (source), shard arithmetic (plan), reading (reader)."""

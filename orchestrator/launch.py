@@ -1,0 +1,322 @@
+"""The driver: check the data, connect Ray, run Ray Train's TorchTrainer, return a summary.
+
+Owns everything between a validated `JobSpec` and a `RunSummary`: reading the
+Parquet footers once (`data.source`), refusing jobs that cannot run before
+any worker starts, joining `RAY_ADDRESS` or starting an embedded local Ray,
+building the TorchTrainer with its ScalingConfig / RunConfig / FailureConfig /
+CheckpointConfig, following progress while it fits, and writing `model.pt`
+and `summary.json` into the run folder `<storage>/<name>/`.
+
+It does not parse arguments or print: progress reaches the caller through
+`on_record`, and failures are raised as `OrchestratorError`s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pyarrow.fs
+
+from orchestrator import settings, storage, tracking
+from orchestrator.data import plan, source
+from orchestrator.data.source import DatasetIndex
+from orchestrator.errors import DataError, LaunchError, OrchestratorError, SpecError, TrainingError
+from orchestrator.spec import JobSpec
+
+SUMMARY_FILE = "summary.json"
+MODEL_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job whose paths are absolute and whose data has been checked."""
+
+    job: JobSpec
+    index: DatasetIndex
+    validation_index: DatasetIndex | None
+    batches_per_epoch: int
+    dropped_rows: int
+    outputs: int
+
+    @property
+    def run_url(self) -> str:
+        return storage.join(self.job.storage, self.job.name)
+
+
+def prepare(job: JobSpec) -> PreparedJob:
+    """Resolve paths and check the data against the job, reading only Parquet footers.
+
+    Raises DataError / SpecError naming the file, column or key at fault.
+    """
+    validation = job.data.validation
+    if isinstance(validation, str):
+        validation = storage.absolute(validation)
+    job = dataclasses.replace(
+        job,
+        data=dataclasses.replace(job.data, path=storage.absolute(job.data.path), validation=validation),
+        storage=storage.absolute(job.storage),
+    )
+    if job.data.generate is not None:
+        _generate_if_missing(job.data.path, job.data.generate)
+    index = source.scan(job.data.path, job.data.label, job.data.features)
+    validation_index = None
+    if isinstance(validation, str):
+        validation_index = source.scan(validation, job.data.label, index.features)
+    holdout = validation if isinstance(validation, float) else 0.0
+    first_epoch = plan.plan_epoch(
+        index,
+        seed=job.train.seed,
+        epoch=0,
+        batch_size=job.train.batch_size,
+        lanes=job.data.lanes,
+        window_rows=job.data.shuffle_window_rows,
+        holdout_fraction=holdout,
+    )
+    outputs = _output_size(job, index)
+    return PreparedJob(job, index, validation_index, first_epoch.batches, first_epoch.dropped, outputs)
+
+
+def _generate_if_missing(path: str, generate) -> None:
+    """Write the job's synthetic dataset into the directory `path` names, unless files are there."""
+    from orchestrator.data import synthetic
+
+    try:
+        source.discover(path)
+        return
+    except DataError:
+        pass
+    directory = path
+    if any(ch in path for ch in "*?["):
+        directory = path[: min(path.index(ch) for ch in "*?[" if ch in path)]
+        directory = directory.rsplit("/", 1)[0] if not directory.endswith("/") else directory
+    elif path.endswith(source.PARQUET_SUFFIXES):
+        directory = path.rsplit("/", 1)[0]
+    synthetic.write(generate, directory.rstrip("/"))
+
+
+def _output_size(job: JobSpec, index: DatasetIndex) -> int:
+    """How many outputs the model needs: explicit, or inferred from the loss and the label's range."""
+    if job.model.outputs is not None:
+        return job.model.outputs
+    if job.loss.name != "cross_entropy":
+        return 1
+    if index.label_range is None:
+        raise SpecError(
+            "model.outputs: required for cross_entropy when the label column has no min/max "
+            "statistics in its Parquet footers (set it to the number of classes)"
+        )
+    low, high = index.label_range
+    if low < 0 or high != int(high):
+        raise SpecError(
+            f"data.label: cross_entropy needs class ids 0..K-1, but '{index.label}' ranges over [{low:g}, {high:g}]"
+        )
+    return int(high) + 1
+
+
+def run(
+    job: JobSpec,
+    *,
+    address: str | None = None,
+    fresh: bool = False,
+    verbose: bool = False,
+    on_record: Callable[[dict], None] = lambda record: None,
+) -> tracking.RunSummary:
+    """Train `job` to the end and return its summary (also written as summary.json).
+
+    Joins the Ray cluster at `address` (or RAY_ADDRESS); without one, starts an
+    embedded local Ray sized to this machine and stops it afterwards. With
+    `fresh`, an earlier run of the same name and storage is deleted first.
+    Raises an OrchestratorError for a job that cannot run or training that failed.
+    """
+    started_at = time.time()
+    prepared = prepare(job)
+    fs, run_path = storage.arrow_filesystem(prepared.run_url)
+    _prepare_run_folder(fs, run_path, prepared.run_url, fresh)
+
+    import ray  # deferred: `orchestrator validate` never pays for importing Ray
+
+    embedded = _connect(address, verbose)
+    try:
+        _check_resources(prepared.job)
+        board = ray.remote(tracking.RunBoard).options(num_cpus=0).remote()
+        records, error = _fit(prepared, board, on_record)
+        summary = tracking.summarize(job.name, prepared.run_url, records, started_at)
+    finally:
+        if embedded:
+            ray.shutdown()
+    summary.dropped_rows_per_epoch = prepared.dropped_rows
+    if error is None and summary.checkpoint:
+        fs.copy_file(f"{run_path}/{summary.checkpoint}/{MODEL_FILE}", f"{run_path}/{MODEL_FILE}")
+        summary.model = storage.join(prepared.run_url, MODEL_FILE)
+    if summary.checkpoint:
+        summary.checkpoint = storage.join(prepared.run_url, summary.checkpoint)
+    summary.status = "failed" if error else "finished"
+    summary.error = str(error) if error else None
+    tracking.write_json(fs, f"{run_path}/{SUMMARY_FILE}", summary.to_dict())
+    if error:
+        raise error
+    return summary
+
+
+def _fit(prepared: PreparedJob, board, on_record) -> tuple[list[dict], OrchestratorError | None]:
+    """Run the TorchTrainer in a thread while this one relays the board's records."""
+    import ray
+
+    trainer = _trainer(prepared, board)
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as error:  # handed to the driver thread below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=fit, name="orchestrator-fit", daemon=True)
+    thread.start()
+    records: list[dict] = []
+    interval = settings.PROGRESS_POLL_INTERVAL_S.get_float()
+    while True:
+        thread.join(timeout=interval)
+        for record in ray.get(board.drain.remote()):
+            records.append(record)
+            on_record(record)
+        if not thread.is_alive():
+            break
+    fatal = [r["message"] for r in records if r["kind"] == "fatal"]
+    if fatal:
+        return records, TrainingError(fatal[0])
+    if "error" in outcome:
+        return records, _explain_failure(outcome["error"], prepared.job)
+    return records, None
+
+
+def _trainer(prepared: PreparedJob, board):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator import loop
+
+    job = prepared.job
+    fs, run_root = storage.arrow_filesystem(job.storage)
+    workers = job.scaling.workers if isinstance(job.scaling.workers, int) else tuple(job.scaling.workers)
+    return TorchTrainer(
+        loop.train,
+        train_loop_config={
+            "job": job.to_dict(),
+            "index": prepared.index,
+            "validation_index": prepared.validation_index,
+            "outputs": prepared.outputs,
+            "board": board,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers,
+            use_gpu=job.scaling.use_gpu,
+            resources_per_worker={"CPU": job.scaling.cpus_per_worker, **({"GPU": 1} if job.scaling.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=job.name,
+            storage_path=run_root,
+            storage_filesystem=None if storage.is_local(job.storage) else fs,
+            failure_config=ray.train.FailureConfig(max_failures=job.failure.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoint.keep),
+        ),
+    )
+
+
+def _connect(address: str | None, verbose: bool) -> bool:
+    """Join the cluster at `address` / RAY_ADDRESS, or start an embedded one; True if started here."""
+    import ray
+
+    address = address or settings.RAY_ADDRESS.get() or None
+    quiet = logging.INFO if verbose else logging.ERROR
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=verbose, logging_level=quiet)
+        return False
+    # Workers of the embedded cluster import user model modules (jobs/…) from here.
+    python_path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=verbose,
+        logging_level=quiet,
+        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+    )
+    # Ray Train's own actors find this cluster, not another one on the machine.
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    return True
+
+
+def _check_resources(job: JobSpec) -> None:
+    """Refuse up front a worker group the cluster can never place (no silent wait)."""
+    import ray
+
+    total = ray.cluster_resources()
+    workers = job.scaling.min_workers
+    need_cpu = workers * job.scaling.cpus_per_worker
+    problems = []
+    if need_cpu > total.get("CPU", 0):
+        problems.append(
+            f"{need_cpu:g} CPUs (scaling.workers {workers} × scaling.cpus_per_worker "
+            f"{job.scaling.cpus_per_worker:g}) but the cluster has {total.get('CPU', 0):g}"
+        )
+    if job.scaling.use_gpu and workers > total.get("GPU", 0):
+        problems.append(f"{workers} GPUs (scaling.use_gpu, one per worker) but the cluster has {total.get('GPU', 0):g}")
+    if problems:
+        raise LaunchError(
+            "This job cannot be placed: it needs " + "; and ".join(problems) + ". Lower "
+            "scaling.workers or scaling.cpus_per_worker (fractions are allowed), or run on a larger cluster."
+        )
+
+
+def _prepare_run_folder(fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, fresh: bool) -> None:
+    info = fs.get_file_info(run_path)
+    if info.type == pyarrow.fs.FileType.NotFound:
+        fs.create_dir(run_path, recursive=True)
+        return
+    if fresh:
+        fs.delete_dir(run_path)
+        fs.create_dir(run_path, recursive=True)
+        return
+    summary = fs.get_file_info(f"{run_path}/{SUMMARY_FILE}")
+    if summary.type != pyarrow.fs.FileType.NotFound:
+        raise LaunchError(
+            f"a run named '{os.path.basename(run_path)}' already exists at {run_url}. "
+            "Pass --fresh to delete it and start over, or --name to start another run."
+        )
+
+
+def _explain_failure(error: BaseException, job: JobSpec) -> OrchestratorError:
+    """One paragraph for a failed fit: our own error if a worker raised one, else the root cause."""
+    from ray.train import WorkerGroupError
+
+    if isinstance(error, OrchestratorError):
+        return error
+    if isinstance(error, WorkerGroupError):
+        causes = {rank: _root_cause(e) for rank, e in sorted(error.worker_failures.items())}
+        ours = [c for c in causes.values() if isinstance(c, OrchestratorError)]
+        if ours:
+            return ours[0]
+        detail = "; ".join(f"rank {rank}: {_one_line(c)}" for rank, c in causes.items())
+        return TrainingError(
+            f"training failed after {job.failure.max_failures} restart(s) allowed by "
+            f"failure.max_failures: {detail}. Run with -v to see the workers' logs."
+        )
+    return TrainingError(f"training failed: {_one_line(_root_cause(error))}. Run with -v to see Ray's logs.")
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    cause = getattr(error, "cause", None)  # RayTaskError keeps the worker's own exception here
+    return cause if isinstance(cause, BaseException) else error
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}".strip()

@@ -1,0 +1,369 @@
+"""The function every Ray Train worker runs: build, restore, step, validate, report.
+
+This is the only code that runs inside workers. It reads as an outline:
+
+    build model, optimizer, schedule and reader
+    if Ray Train hands back a checkpoint, continue from it   (the one resume rule)
+    for each global batch: forward → backward (DDP all-reduce) → step
+        every log_every_n_steps: reduce the train loss across ranks, post progress
+        every checkpoint.every_n_steps / every_n_seconds: report a checkpoint
+    at each epoch's end: validate (reduced across ranks), report a checkpoint
+
+Ray calls stay in `train()` and `_report_checkpoint()`. Collective calls
+(all-reduce, `ray.train.report`) are made by every rank at the same step, on
+decisions every rank computes identically, so no rank waits alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from orchestrator import checkpoint, models, optim, spec
+from orchestrator.data.reader import EndOfEpoch, ShardReader, validation_batches
+
+_VALIDATION_BATCH_ROWS = 8192
+
+
+@dataclass
+class _Progress:
+    """Counters since the last log point and over the current epoch (local to this rank)."""
+
+    log_loss: float = 0.0
+    log_rows: int = 0
+    log_steps: int = 0
+    log_started: float = field(default_factory=time.perf_counter)
+    epoch_loss: float = 0.0
+    epoch_rows: int = 0
+    epoch_started: float = field(default_factory=time.perf_counter)
+
+
+def train(config: dict) -> None:
+    """Train the job in `config` on this rank.
+
+    `config` holds the resolved job ("job", a dict), the training and validation
+    DatasetIndex ("index", "validation_index"), the model's output size
+    ("outputs") and the driver's RunBoard handle ("board").
+    """
+    job = spec.from_dict(config["job"])
+    index, board = config["index"], config["board"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    worker = _Worker(job, index, config["validation_index"], config["outputs"], board, rank, world, device)
+    worker.run()
+
+
+class _Worker:
+    """One rank's training state; methods follow the loop's outline."""
+
+    def __init__(self, job, index, validation_index, outputs, board, rank, world, device):
+        self.job, self.index, self.validation_index = job, index, validation_index
+        self.board, self.rank, self.world, self.device = board, rank, world, device
+        self.holdout = job.data.validation if isinstance(job.data.validation, float) else 0.0
+        self.per_row_loss = models.per_row_loss(job.loss)
+        self.classification = job.loss.name in models.CLASSIFICATION_LOSSES
+
+        # Identical initial weights on every rank (DDP also broadcasts rank 0's).
+        torch.manual_seed(job.train.seed)
+        self.net = models.build_model(job.model, len(index.features), outputs).to(device)
+        self.reader = ShardReader(
+            index,
+            seed=job.train.seed,
+            batch_size=job.train.batch_size,
+            lanes=job.data.lanes,
+            window_rows=job.data.shuffle_window_rows,
+            world_size=world,
+            rank=rank,
+            label_dtype=models.label_dtype(job.loss),
+            holdout_fraction=self.holdout,
+            prefetch_batches=job.data.prefetch_batches,
+        )
+        self.batches_per_epoch = self.reader.plan(0).batches
+        self.dropped_rows = self.reader.plan(0).dropped
+        self.step, self.samples = 0, 0
+        self.last_checkpoint_step = -1
+        self.last_checkpoint_time = time.monotonic()
+        self.resumed_step = self._restore()
+
+        self.model = ray.train.torch.prepare_model(
+            self.net,
+            parallel_strategy_kwargs={
+                "bucket_cap_mb": job.train.ddp_bucket_cap_mb,
+                "find_unused_parameters": job.train.find_unused_parameters,
+            },
+        )
+        if job.train.compile:
+            self.model = torch.compile(self.model)
+
+    # -- resume -------------------------------------------------------------
+
+    def _restore(self) -> int | None:
+        """If Ray Train hands back a checkpoint, continue from it; else start fresh.
+
+        Ray Train's controller is the one authority on which checkpoint a
+        restarted group receives; the checkpoint holds the model, optimizer,
+        schedule and data cursor, so the group continues at the exact next batch.
+        """
+        self.optimizer = optim.build_optimizer(self.job.optim, self.net.parameters())
+        self.scheduler = optim.build_scheduler(self.job.schedule, self.optimizer, self.total_steps)
+        handed_back = ray.train.get_checkpoint()
+        if handed_back is None:
+            return None
+        with handed_back.as_directory() as directory:
+            state = checkpoint.load(directory)
+        self.net.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.reader.restore(state.cursor)
+        self.step, self.samples = state.step, state.samples
+        self.last_checkpoint_step = state.step
+        return state.step
+
+    @property
+    def total_steps(self) -> int:
+        limits = [self.job.train.max_steps] if self.job.train.max_steps else []
+        if self.job.train.epochs:
+            limits.append(self.job.train.epochs * self.batches_per_epoch)
+        return min(limits)
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        self._post(kind="start", world_size=self.world, resumed_step=self.resumed_step)
+        progress = _Progress()
+        while self.step < self.total_steps:
+            try:
+                batch = self.reader.next_batch()
+            except EndOfEpoch:
+                if progress.epoch_rows:
+                    self._end_epoch(progress)
+                progress = _Progress()
+                continue
+            self._maybe_inject_fault()
+            if not self._train_step(batch, progress):
+                return  # every rank saw the same non-finite gradient; the driver reports it
+            if self.step == (self.resumed_step or 0) + 1:
+                self._post(kind="first_step")
+            if progress.log_steps >= self.job.train.log_every_n_steps:
+                self._log(progress)
+            elif self._step_checkpoint_due():
+                self._report_checkpoint({"step": self.step})
+        if progress.epoch_rows:  # stopped by max_steps, or on an epoch's last batch
+            self._end_epoch(progress)
+
+    def _train_step(self, batch, progress: _Progress) -> bool:
+        """One optimizer step on this rank's part of a global batch; False if gradients are not finite."""
+        _reseed(self.job.train.seed, self.step, self.rank)
+        # Each rank's loss is its row sum × world / global batch; DDP's mean over
+        # ranks then gives the mean over the global batch whatever each rank's share.
+        scale = self.world / self.job.train.batch_size
+        micro_batches = list(zip(*(t.tensor_split(self.job.train.grad_accum_steps) for t in
+                                   (batch.features, batch.labels))))
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, (features, labels) in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            # Only the last micro-batch all-reduces; the others accumulate locally.
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync, self._autocast():
+                outputs = self.model(features.to(self.device, non_blocking=True))
+                loss = self.per_row_loss(outputs.float(), labels.to(self.device, non_blocking=True)).sum()
+                (loss * scale).backward()
+            loss_sum += loss.detach()
+        parameters = [p for p in self.net.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        if not torch.isfinite(norm):  # gradients are all-reduced, so every rank agrees here
+            self._post(kind="fatal", message=self._non_finite_message(loss_sum))
+            return False
+        if self.job.train.grad_clip:
+            torch.nn.utils.clip_grads_with_norm_(parameters, self.job.train.grad_clip, norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.samples += self.job.train.batch_size
+        loss_value = float(loss_sum)
+        progress.log_loss += loss_value
+        progress.epoch_loss += loss_value
+        progress.log_rows += len(batch)
+        progress.epoch_rows += len(batch)
+        progress.log_steps += 1
+        return True
+
+    def _log(self, progress: _Progress) -> None:
+        """Reduce the train loss since the last log point across ranks; post it; maybe checkpoint."""
+        due = 1.0 if self.rank == 0 and self._time_checkpoint_due() else 0.0
+        loss, rows, due = _all_reduce_sum([progress.log_loss, progress.log_rows, due], self.device)
+        elapsed = time.perf_counter() - progress.log_started
+        self._post(
+            kind="log",
+            step=self.step,
+            epoch=self.reader.state().epoch,
+            samples=self.samples,
+            loss=loss / max(rows, 1),
+            lr=self.scheduler.get_last_lr()[0],
+            samples_per_s=round(progress.log_steps * self.job.train.batch_size / max(elapsed, 1e-9), 1),
+        )
+        progress.log_loss, progress.log_rows, progress.log_steps = 0.0, 0, 0
+        progress.log_started = time.perf_counter()
+        if due or self._step_checkpoint_due():
+            self._report_checkpoint({"step": self.step})
+
+    def _end_epoch(self, progress: _Progress) -> None:
+        """Validate, post the epoch's metrics and report a checkpoint (all ranks together)."""
+        cursor = self.reader.state()
+        epoch = cursor.epoch - 1 if cursor.batch == 0 else cursor.epoch
+        complete = cursor.batch in (0, self.batches_per_epoch)
+        loss, rows = _all_reduce_sum([progress.epoch_loss, progress.epoch_rows], self.device)
+        elapsed = time.perf_counter() - progress.epoch_started
+        train_metrics = {"loss": loss / max(rows, 1)}
+        validation = self._validate()
+        self._post(
+            kind="epoch",
+            epoch=epoch,
+            complete=complete,
+            step=self.step,
+            samples=self.samples,
+            train=train_metrics,
+            validation=validation,
+            samples_per_s=round(rows / max(elapsed, 1e-9), 1),
+            dropped_rows=self.dropped_rows,
+        )
+        metrics = {"step": self.step, "epoch": epoch, "train_loss": train_metrics["loss"]}
+        metrics.update({f"val_{k}": v for k, v in validation.items()})
+        self._report_checkpoint(metrics)
+
+    def _validate(self) -> dict[str, float]:
+        """Validation metrics over every validation row, reduced across all ranks."""
+        source = self.validation_index or (self.index if self.holdout else None)
+        if source is None:
+            return {}
+        net = self.net
+        net.eval()
+        # [loss sum, rows, correct, sum y, sum y², squared error]
+        totals = torch.zeros(6, dtype=torch.float64)
+        with torch.no_grad(), self._autocast():
+            for batch in validation_batches(
+                source,
+                world_size=self.world,
+                rank=self.rank,
+                batch_rows=_VALIDATION_BATCH_ROWS,
+                holdout_fraction=None if self.validation_index else self.holdout,
+                label_dtype=models.label_dtype(self.job.loss),
+            ):
+                outputs = net(batch.features.to(self.device)).float().cpu()
+                labels = batch.labels
+                totals[0] += self.per_row_loss(outputs, labels).sum().double()
+                totals[1] += len(batch)
+                if self.classification:
+                    totals[2] += models.correct_predictions(self.job.loss, outputs, labels).double()
+                else:
+                    y = labels.double()
+                    totals[3] += y.sum()
+                    totals[4] += (y * y).sum()
+                    totals[5] += ((outputs.squeeze(-1).double() - y) ** 2).sum()
+        net.train()
+        loss, rows, correct, sum_y, sum_y2, sse = _all_reduce_sum(totals.tolist(), self.device)
+        if rows == 0:
+            return {}
+        metrics = {"loss": loss / rows}
+        if self.classification:
+            metrics["accuracy"] = correct / rows
+        else:
+            total_variance = sum_y2 - sum_y * sum_y / rows
+            metrics["r2"] = 1.0 - sse / total_variance if total_variance > 0 else float("nan")
+        return metrics
+
+    # -- checkpoints --------------------------------------------------------
+
+    def _step_checkpoint_due(self) -> bool:
+        every = self.job.checkpoint.every_n_steps
+        return bool(every) and self.step // every > self.last_checkpoint_step // every
+
+    def _time_checkpoint_due(self) -> bool:
+        # Rank 0's clock decides; the verdict reaches every rank in the log-point all-reduce.
+        every = self.job.checkpoint.every_n_seconds
+        return bool(every) and time.monotonic() - self.last_checkpoint_time >= every
+
+    def _report_checkpoint(self, metrics: dict) -> None:
+        """Report a checkpoint of the current state through Ray Train (rank 0 writes it)."""
+        if self.step == self.last_checkpoint_step:
+            return
+        self.last_checkpoint_step, self.last_checkpoint_time = self.step, time.monotonic()
+        name = checkpoint.dir_name(self.step)
+        if self.rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        directory = tempfile.mkdtemp(prefix="orchestrator-checkpoint-")
+        state = checkpoint.TrainState(
+            model=self.net.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            cursor=self.reader.state(),
+            step=self.step,
+            samples=self.samples,
+            world_size=self.world,
+            job=self.job.to_dict(),
+        )
+        checkpoint.save(state, directory)
+        # Ray Train uploads in the background and deletes the local copy afterwards.
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_dir_name=name,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+        )
+        self._post(kind="checkpoint", step=self.step, samples=self.samples, path=name)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast(
+            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.job.train.precision == "bf16"
+        )
+
+    def _maybe_inject_fault(self) -> None:
+        fault = self.job.failure.inject
+        if fault and self.rank == fault.rank and self.step + 1 == fault.exit_at_step:
+            if ray.get(self.board.claim_fault.remote()):
+                os._exit(1)  # a rehearsal of a dead worker: no cleanup, like a real crash
+
+    def _non_finite_message(self, loss_sum: torch.Tensor) -> str:
+        return (
+            f"training stopped at step {self.step + 1} (epoch {self.reader.state().epoch}): the "
+            f"gradient norm is not finite (this rank's loss sum: {float(loss_sum):g}). No checkpoint "
+            f"was written with these weights. Lower optim.lr (now {self.job.optim.lr:g}), set "
+            "train.grad_clip, or check the data for extreme values."
+        )
+
+    def _post(self, **record) -> None:
+        if self.rank == 0 or record["kind"] == "fatal":
+            self.board.post.remote(record)
+
+
+def _reseed(seed: int, step: int, rank: int) -> None:
+    """Seed every generator from (seed, step, rank), so a resumed step draws what it drew before."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2)
+    torch.manual_seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    random.seed(int(state[1]))
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum `values` over all ranks (a collective: every rank must call it)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [float(v) for v in values]
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+

@@ -1,0 +1,754 @@
+"""The job file: what a user asks for, as typed, frozen dataclasses.
+
+Owns: the YAML schema (one dataclass per section, every field documented, units
+in the names), defaults, `--set a.b.c=value` overrides, and validation in two
+tiers (field checks per section, then cross-section checks) that reports every
+problem at once in one `SpecError`. Each problem starts with its key path
+(`optim.lr: must be > 0, got -1`); an unknown key gets the nearest valid one.
+
+Leaves to others: whether the data exists and has the named columns
+(`data.source`), building models, losses and optimizers (`models`, `loop`), and
+anything about Ray or torch. Importing this module pulls in neither, so
+`orchestrator validate jobs/x.yaml` is instant.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from orchestrator.errors import SpecError
+
+__all__ = [
+    "DataSpec", "ModelSpec", "LossSpec", "OptimSpec", "ScheduleSpec", "TrainSpec", "ScalingSpec",
+    "GenerateSpec", "FaultInjection", "CheckpointSpec", "FailureSpec", "JobSpec", "load", "from_dict", "apply_overrides",
+]
+
+BUILTIN_MODELS = ("linear", "logistic", "mlp")
+ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "sigmoid")
+LOSSES = ("mse", "l1", "huber", "cross_entropy", "bce")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step", "linear")
+PRECISIONS = ("fp32", "bf16")
+MIN_LANES = 8  # data.lanes resolves to max(MIN_LANES, scaling max workers)
+_BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # "module.path:function"
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # safe as a directory name
+_SHORTHAND_SECTIONS = ("loss", "schedule")  # `loss: mse` means `loss: {name: mse}`
+
+
+@dataclass(frozen=True)
+class GenerateSpec:
+    """A synthetic dataset with a known answer, written to `data.path` when it holds no files."""
+
+    kind: str  # regression (y = x·w + b + noise) | classification (Gaussian blobs)
+    rows: int = 50_000
+    features: int = 8  # columns x0 … x{features-1}; the label column is y
+    classes: int = 3  # classification only
+    noise: float = 0.1  # standard deviation of the label noise (regression) or extra blob spread
+    files: int = 4  # uneven files, each with its own row-group size
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the rows come from, and how an epoch is cut into lanes and read."""
+
+    path: str  # Parquet file, directory or glob; any fsspec URL
+    label: str  # the target column
+    features: tuple[str, ...] | None = None  # input columns; None = every column but the label
+    # A fraction in (0, 1) held out deterministically, or a path/URL of separate Parquet.
+    validation: float | str | None = None
+    # World-size-independent streams the epoch is cut into; None resolves to
+    # max(8, scaling max workers) after validation, so a built JobSpec holds an int.
+    lanes: int | None = None
+    shuffle_window_rows: int = 8192  # rows shuffled together within a lane
+    prefetch_batches: int = 4  # batches each worker reads ahead of the step
+    generate: GenerateSpec | None = None  # demo data written on the first run
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network to build; `kind` is a built-in or a user's "module.path:function"."""
+
+    kind: str  # linear | logistic | mlp | "jobs.my_model:build"
+    hidden: tuple[int, ...] = (64, 64)  # hidden layer widths (mlp)
+    activation: str = "relu"  # relu | gelu | tanh | silu | sigmoid
+    dropout: float = 0.0  # dropout probability after each hidden layer, in [0, 1)
+    outputs: int | None = None  # output width; None = inferred from the data
+    options: dict = field(default_factory=dict)  # free-form keyword arguments for a user builder
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The training objective."""
+
+    name: str  # mse | l1 | huber | cross_entropy | bce
+    huber_delta: float = 1.0  # where huber switches from quadratic to linear (> 0)
+    label_smoothing: float = 0.0  # cross_entropy label smoothing, in [0, 1)
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """The optimizer and its hyperparameters."""
+
+    name: str = "adamw"  # sgd | adam | adamw
+    lr: float = 1e-3  # peak learning rate (> 0)
+    weight_decay: float = 0.0  # >= 0
+    momentum: float = 0.0  # sgd only, in [0, 1)
+    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw moment decay rates, each in [0, 1)
+    nesterov: bool = False  # sgd only; needs momentum > 0
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """How the learning rate changes over optimizer steps."""
+
+    name: str = "constant"  # constant | cosine | step | linear
+    warmup_steps: int = 0  # linear warmup from 0 to lr, in optimizer steps
+    step_size: int | None = None  # optimizer steps between decays; required for `step`
+    gamma: float = 0.1  # multiplicative decay per step_size (step schedule, > 0)
+    min_lr_ratio: float = 0.0  # floor for cosine/linear as a fraction of lr, in [0, 1]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The optimization loop: how long, how big, how precise."""
+
+    batch_size: int  # global batch: rows per optimizer step across all workers
+    epochs: int | None = None  # passes over the data; with max_steps, the first reached stops
+    max_steps: int | None = None  # optimizer steps in total
+    seed: int = 0  # seeds data order, initialization and dropout
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    precision: str = "fp32"  # fp32 | bf16 (autocast; fine on CPU too)
+    compile: bool = False  # torch.compile the model
+    log_every_n_steps: int = 50  # how often metrics are reported
+    ddp_bucket_cap_mb: float = 25.0  # DDP gradient bucket size
+    find_unused_parameters: bool = False  # DDP flag for models with unused branches
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    """How many workers, and what each one gets."""
+
+    workers: int | tuple[int, int] = 1  # a fixed count, or (min, max) for an elastic group
+    cpus_per_worker: float = 1.0  # CPUs reserved per worker
+    use_gpu: bool = False  # one GPU per worker
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest workers the run may continue with."""
+        return self.workers[0] if isinstance(self.workers, tuple) else self.workers
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers the run may grow to."""
+        return self.workers[1] if isinstance(self.workers, tuple) else self.workers
+
+    @property
+    def elastic(self) -> bool:
+        """True when the worker group may change size during the run."""
+        return self.min_workers < self.max_workers
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """A rehearsal of recovery: worker `rank` calls os._exit at `exit_at_step`, once."""
+
+    exit_at_step: int  # optimizer step at which the worker dies (>= 1)
+    rank: int = 0  # which worker dies
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """When checkpoints are taken and how many Ray Train keeps."""
+
+    every_n_steps: int | None = 200  # None = no step-based checkpoints
+    every_n_seconds: float | None = None  # None = no time-based checkpoints
+    keep: int = 3  # newest checkpoints kept
+
+
+@dataclass(frozen=True)
+class FailureSpec:
+    """How many worker-group failures the run survives."""
+
+    max_failures: int = 3  # restarts from the newest checkpoint; -1 = unlimited
+    inject: FaultInjection | None = None  # a deliberate failure, to test recovery
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One validated job file. Build it with `load` or `from_dict`, not by hand."""
+
+    name: str  # run name; becomes a directory under storage
+    data: DataSpec
+    model: ModelSpec
+    loss: LossSpec
+    optim: OptimSpec
+    schedule: ScheduleSpec
+    train: TrainSpec
+    scaling: ScalingSpec
+    checkpoint: CheckpointSpec
+    failure: FailureSpec
+    storage: str = "./runs"  # path or fsspec URL where runs are written
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain dicts, lists and scalars; `from_dict(spec.to_dict()) == spec`."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+# ---- reading and checking values -------------------------------------------------
+
+_REQUIRED: Any = object()  # the default of a field the user must set
+
+
+class _Bad(Exception):
+    """A value failed a check; `message` follows the key path, `where` extends it ("[1]")."""
+
+    def __init__(self, message: str, where: str = ""):
+        super().__init__(message)
+        self.message, self.where = message, where
+
+
+class _Report:
+    """Every problem found so far, each prefixed by its key path."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self._bad: set[str] = set()
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+        self._bad.add(path.split("[")[0])
+
+    def ok(self, *paths: str) -> bool:
+        """True when no problem was found at, above or below any of `paths`."""
+        return not any(bad == path or path.startswith(bad + ".") or bad.startswith(path + ".")
+                       for path in paths for bad in self._bad)
+
+
+def _describe(value: Any) -> str:
+    """A value as a problem quotes it: `'five' (str)`, or `null`."""
+    if value is None:
+        return "null"
+    text = repr(value)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f"expected an integer, got {_describe(value)}")
+    return value
+
+
+def _as_float(value: Any) -> float:
+    # YAML 1.1 reads `1e-3` as a string: accepting numeric strings spares users that trap.
+    number = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None or not math.isfinite(number):
+        raise _Bad(f"expected a {'finite ' if number is not None else ''}number, got {_describe(value)}")
+    return number
+
+
+def _as_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _as_str(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f"expected a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _ranged(value: Any, *, min: Any = None, above: Any = None, max: Any = None, below: Any = None) -> Any:
+    """`value` when min <= value, above < value, value <= max and value < below (those given)."""
+    if ((min is None or value >= min) and (above is None or value > above)
+            and (max is None or value <= max) and (below is None or value < below)):
+        return value
+    shown = f"{value:g}" if isinstance(value, float) else value
+    low = f"[{min}" if min is not None else f"({above}" if above is not None else ""
+    high = f"{max}]" if max is not None else f"{below})" if below is not None else ""
+    if low and high:
+        raise _Bad(f"must be in {low}, {high}, got {shown}")
+    if low:
+        raise _Bad(f"must be {'>=' if min is not None else '>'} {low[1:]}, got {shown}")
+    raise _Bad(f"must be {'<=' if max is not None else '<'} {high[:-1]}, got {shown}")
+
+
+def _nearest(word: Any, options: Sequence[str]) -> str:
+    """ "did you mean 'x'? " for the closest option by spelling, else by shared prefix; or ""."""
+    word = str(word)
+    close = difflib.get_close_matches(word, list(options), n=1) or [
+        o for o in options if len(min(o, word, key=len)) >= 2 and (word.startswith(o) or o.startswith(word))]
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _choice(value: Any, allowed: Sequence[str], noun: str, extra: str = "") -> str:
+    if not isinstance(value, str) or value not in allowed:
+        what = f"'{value}'" if isinstance(value, str) else _describe(value)
+        raise _Bad(f"unknown {noun} {what} ({_nearest(value, allowed)}allowed: {', '.join(allowed)}{extra})")
+    return value
+
+
+def _as_list(value: Any, item: Callable[[Any], Any], what: str) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise _Bad(f"expected a list of {what}, got {_describe(value)}")
+    items = []
+    for index, raw in enumerate(value):
+        try:
+            items.append(item(raw))
+        except _Bad as bad:
+            raise _Bad(bad.message, f"[{index}]") from None
+    return tuple(items)
+
+
+class _Fields:
+    """Reads one section's mapping. Each getter returns the typed value, or records a problem
+    under the full key path and returns the default; `finish` reports the keys nobody read."""
+
+    def __init__(self, raw: Mapping, path: str, report: _Report):
+        self.raw, self.path, self.report = raw, path, report
+        self.known: list[str] = []
+
+    def key_path(self, key: Any) -> str:
+        return f"{self.path}.{key}" if self.path else str(key)
+
+    def add(self, key: str, message: str) -> None:
+        self.report.add(self.key_path(key), message)
+
+    def value(self, key: str, default: Any, convert: Callable[[Any], Any], why: str = "",
+              nullable: bool | None = None) -> Any:
+        """`convert(raw[key])`; null is kept when `nullable` (by default: when the default is None)."""
+        self.known.append(key)
+        raw, fallback = self.raw.get(key), None if default is _REQUIRED else default
+        if raw is None and default is _REQUIRED:
+            got_null = ", got null" if key in self.raw else ""
+            self.add(key, f"required ({why}){got_null}" if why else f"required{got_null}")
+            return None
+        if key not in self.raw:
+            return fallback
+        if raw is None and (default is None if nullable is None else nullable):
+            return None
+        try:
+            return convert(raw)
+        except _Bad as bad:
+            self.report.add(self.key_path(key) + bad.where, bad.message)
+            return fallback
+
+    def int(self, key: str, default: Any = _REQUIRED, *, why: str = "", nullable: bool | None = None,
+            **bounds: Any) -> Any:
+        return self.value(key, default, lambda v: _ranged(_as_int(v), **bounds), why, nullable)
+
+    def float(self, key: str, default: Any = _REQUIRED, **bounds: Any) -> Any:
+        return self.value(key, default, lambda v: _ranged(_as_float(v), **bounds))
+
+    def bool(self, key: str, default: Any) -> Any:
+        return self.value(key, default, _as_bool)
+
+    def str(self, key: str, default: Any = _REQUIRED, *, why: str = "") -> Any:
+        return self.value(key, default, _as_str, why)
+
+    def choice(self, key: str, default: Any, allowed: Sequence[str], noun: str) -> Any:
+        return self.value(key, default, lambda v: _choice(v, allowed, noun), "one of " + ", ".join(allowed))
+
+    def int_list(self, key: str, default: Any, **bounds: Any) -> Any:
+        def ranged_int(item: Any) -> int:
+            return _ranged(_as_int(item), **bounds)
+        return self.value(key, default, lambda v: _as_list(v, ranged_int, "integers"))
+
+    def str_list(self, key: str, default: Any) -> Any:
+        def unique(value: Any) -> tuple:
+            names = _as_list(value, _as_str, "strings")
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise _Bad(f"lists {', '.join(map(repr, repeated))} more than once")
+            return names
+        return self.value(key, default, unique)
+
+    def section(self, key: str, *, required: bool = False, why: str = "", shorthand: bool = False,
+                empty_when_absent: bool = True) -> _Fields | None:
+        """The mapping under `key` as its own `_Fields`; None when it is wrong, or absent and
+        required or not `empty_when_absent`. `shorthand` reads `key: x` as `key: {name: x}`."""
+        self.known.append(key)
+        raw = self.raw.get(key)
+        if raw is None:
+            if required:
+                self.add(key, f"required section ({why})")
+            return None if required or not empty_when_absent else _Fields({}, self.key_path(key), self.report)
+        if shorthand and isinstance(raw, str):
+            raw = {"name": raw}
+        if not isinstance(raw, Mapping):
+            what = f"a {key} name or a mapping" if shorthand else "a mapping"
+            self.add(key, f"expected {what} of {key} settings, got {_describe(raw)}")
+            return None
+        return _Fields(raw, self.key_path(key), self.report)
+
+    def finish(self) -> None:
+        """Report every key this section does not know, with the nearest known one."""
+        for key in self.raw:
+            if key not in self.known:
+                hint = _nearest(key, self.known) if isinstance(key, str) else ""
+                self.add(key, f"unknown key ({hint}allowed: {', '.join(self.known)})")
+
+
+# ---- one builder per section; `_build` reports unknown keys after each -------------
+
+def _as_validation(value: Any) -> float | str:
+    if isinstance(value, str) and value.strip():
+        try:
+            float(value)
+        except ValueError:
+            return value  # a path or URL of separate validation Parquet
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _Bad(f"expected a fraction in (0, 1) or a path/URL of Parquet, got {_describe(value)}")
+    return _ranged(_as_float(value), above=0, below=1)
+
+
+def _data(f: _Fields) -> DataSpec:
+    spec = DataSpec(
+        path=f.str("path", why="a Parquet file, directory or glob; any fsspec URL"),
+        label=f.str("label", why="the target column"),
+        features=f.str_list("features", None),
+        validation=f.value("validation", None, _as_validation),
+        lanes=f.int("lanes", None, min=1),
+        shuffle_window_rows=f.int("shuffle_window_rows", 8192, min=1),
+        prefetch_batches=f.int("prefetch_batches", 4, min=0),
+        generate=_generate(f.section("generate", empty_when_absent=False)),
+    )
+    if spec.features == ():
+        f.add("features", "must name at least one column (omit it to use every column except the label)")
+    elif spec.features and spec.label in spec.features:
+        f.add("features", f"must not include the label column '{spec.label}'")
+    return spec
+
+
+def _generate(f: _Fields | None) -> GenerateSpec | None:
+    if f is None:
+        return None
+    spec = GenerateSpec(
+        kind=f.choice("kind", _REQUIRED, ("regression", "classification"), "synthetic dataset"),
+        rows=f.int("rows", 50_000, min=1),
+        features=f.int("features", 8, min=1),
+        classes=f.int("classes", 3, min=2),
+        noise=f.float("noise", 0.1, min=0),
+        files=f.int("files", 4, min=1),
+        seed=f.int("seed", 0, min=0),
+    )
+    f.finish()
+    return spec
+
+
+def _as_kind(value: Any) -> str:
+    if isinstance(value, str) and _BUILDER.fullmatch(value):
+        return value
+    return _choice(value, BUILTIN_MODELS, "model", extra=", or a builder 'module.path:function'")
+
+
+def _as_options(value: Any) -> dict:
+    if not isinstance(value, Mapping):
+        raise _Bad(f"expected a mapping of builder keyword arguments, got {_describe(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise _Bad(f"keys must be strings, got {_describe(key)}")
+    return copy.deepcopy(dict(value))
+
+
+def _model(f: _Fields) -> ModelSpec:
+    return ModelSpec(
+        kind=f.value("kind", _REQUIRED, _as_kind, why="linear, logistic, mlp or 'module.path:function'"),
+        hidden=f.int_list("hidden", (64, 64), min=1),
+        activation=f.choice("activation", "relu", ACTIVATIONS, "activation"),
+        dropout=f.float("dropout", 0.0, min=0, below=1),
+        outputs=f.int("outputs", None, min=1),
+        options=f.value("options", {}, _as_options),
+    )
+
+
+def _loss(f: _Fields) -> LossSpec:
+    return LossSpec(
+        name=f.choice("name", _REQUIRED, LOSSES, "loss"),
+        huber_delta=f.float("huber_delta", 1.0, above=0),
+        label_smoothing=f.float("label_smoothing", 0.0, min=0, below=1),
+    )
+
+
+def _as_betas(value: Any) -> tuple[float, float]:
+    betas = _as_list(value, lambda x: _ranged(_as_float(x), min=0, below=1), "two numbers")
+    if len(betas) != 2:
+        raise _Bad(f"expected two numbers [beta1, beta2], got {len(betas)}")
+    return betas
+
+
+def _optim(f: _Fields) -> OptimSpec:
+    spec = OptimSpec(
+        name=f.choice("name", "adamw", OPTIMIZERS, "optimizer"),
+        lr=f.float("lr", 1e-3, above=0),
+        weight_decay=f.float("weight_decay", 0.0, min=0),
+        momentum=f.float("momentum", 0.0, min=0, below=1),
+        betas=f.value("betas", (0.9, 0.999), _as_betas),
+        nesterov=f.bool("nesterov", False),
+    )
+    if not f.report.ok("optim.name", "optim.momentum"):
+        return spec
+    if spec.name != "sgd" and spec.momentum:
+        f.add("momentum", f"only sgd uses momentum, not {spec.name}: set optim.name: sgd or drop momentum")
+    elif spec.nesterov and not (spec.name == "sgd" and spec.momentum):
+        f.add("nesterov", "needs optim.name: sgd with a momentum > 0")
+    return spec
+
+
+def _schedule(f: _Fields) -> ScheduleSpec:
+    spec = ScheduleSpec(
+        name=f.choice("name", "constant", SCHEDULES, "schedule"),
+        warmup_steps=f.int("warmup_steps", 0, min=0),
+        step_size=f.int("step_size", None, min=1),
+        gamma=f.float("gamma", 0.1, above=0),
+        min_lr_ratio=f.float("min_lr_ratio", 0.0, min=0, max=1),
+    )
+    if spec.name == "step" and spec.step_size is None and f.report.ok("schedule.step_size"):
+        f.add("step_size", "required when schedule.name is 'step' (optimizer steps between decays)")
+    return spec
+
+
+def _train(f: _Fields) -> TrainSpec:
+    return TrainSpec(
+        batch_size=f.int("batch_size", why="the global batch size across all workers", min=1),
+        epochs=f.int("epochs", None, min=1),
+        max_steps=f.int("max_steps", None, min=1),
+        seed=f.int("seed", 0, min=0),
+        grad_clip=f.float("grad_clip", None, above=0),
+        grad_accum_steps=f.int("grad_accum_steps", 1, min=1),
+        precision=f.choice("precision", "fp32", PRECISIONS, "precision"),
+        compile=f.bool("compile", False),
+        log_every_n_steps=f.int("log_every_n_steps", 50, min=1),
+        ddp_bucket_cap_mb=f.float("ddp_bucket_cap_mb", 25.0, above=0),
+        find_unused_parameters=f.bool("find_unused_parameters", False),
+    )
+
+
+def _as_workers(value: Any) -> int | tuple[int, int]:
+    if not isinstance(value, (list, tuple)):
+        return _ranged(_as_int(value), min=1)
+    low, high = _as_list(value, _as_int, "integers") if len(value) == 2 else (0, -1)
+    if not 1 <= low <= high:
+        raise _Bad(f"expected a count >= 1 or a [min, max] pair with 1 <= min <= max, got {_describe(value)}")
+    return (low, high)
+
+
+def _scaling(f: _Fields) -> ScalingSpec:
+    return ScalingSpec(
+        workers=f.value("workers", 1, _as_workers),
+        cpus_per_worker=f.float("cpus_per_worker", 1.0, above=0),
+        use_gpu=f.bool("use_gpu", False),
+    )
+
+
+def _checkpoint(f: _Fields) -> CheckpointSpec:
+    return CheckpointSpec(
+        every_n_steps=f.int("every_n_steps", 200, nullable=True, min=1),
+        every_n_seconds=f.float("every_n_seconds", None, above=0),
+        keep=f.int("keep", 3, min=1),
+    )
+
+
+def _failure(f: _Fields) -> FailureSpec:
+    max_failures = f.int("max_failures", 3, min=-1)
+    inject, rehearsal = f.section("inject", empty_when_absent=False), None
+    if inject is not None:
+        rehearsal = FaultInjection(
+            exit_at_step=inject.int("exit_at_step", why="the step at which that rank exits", min=1),
+            rank=inject.int("rank", 0, min=0),
+        )
+        inject.finish()
+    return FailureSpec(max_failures=max_failures, inject=rehearsal)
+
+
+# section → (builder, required, what it needs when missing, accepts the `section: name` shorthand)
+_SECTIONS: dict[str, tuple[Callable[[_Fields], Any], bool, str, bool]] = {
+    "data": (_data, True, "where the Parquet data is and which column is the label", False),
+    "model": (_model, True, "at least model.kind", False),
+    "loss": (_loss, True, "a loss name such as mse", True),
+    "optim": (_optim, False, "", False),
+    "schedule": (_schedule, False, "", True),
+    "train": (_train, True, "at least train.batch_size and train.epochs or train.max_steps", False),
+    "scaling": (_scaling, False, "", False),
+    "checkpoint": (_checkpoint, False, "", False),
+    "failure": (_failure, False, "", False),
+}
+
+
+def _as_name(value: Any) -> str:
+    if not isinstance(value, str) or not _RUN_NAME.fullmatch(value):
+        raise _Bad("must start with a letter or digit and hold only letters, digits, '.', '_' and '-' "
+                   f"(it becomes a directory name), got {_describe(value)}")
+    return value
+
+
+def _check_across(p: dict[str, Any], r: _Report) -> None:
+    """Rules that span sections; each runs only when the fields it reads are valid."""
+    data, model, loss, train, scaling, failure = (
+        p[key] for key in ("data", "model", "loss", "train", "scaling", "failure"))
+    if train and r.ok("train.epochs", "train.max_steps") and train.epochs is None and train.max_steps is None:
+        r.add("train.epochs", "required: set train.epochs, train.max_steps or both (the first reached stops)")
+    if model and loss and r.ok("model.kind", "loss.name"):
+        if model.kind == "logistic" and loss.name not in ("bce", "cross_entropy"):
+            r.add("loss.name", f"model.kind 'logistic' needs loss bce or cross_entropy, got '{loss.name}'")
+        if loss.name == "cross_entropy" and model.outputs == 1 and r.ok("model.outputs"):
+            r.add("model.outputs", "loss cross_entropy needs one output per class (>= 2), got 1; "
+                                   "use loss bce for a single output")
+    if not scaling or not r.ok("scaling.workers"):
+        return
+    most = scaling.max_workers
+    if data and r.ok("data.lanes"):
+        lanes = data.lanes if data.lanes is not None else max(MIN_LANES, most)
+        if most > lanes:
+            r.add("data.lanes", f"{lanes} lanes cannot feed {most} workers (scaling.workers); "
+                                f"raise data.lanes to at least {most}")
+        elif train and r.ok("train.batch_size") and train.batch_size < lanes:
+            r.add("train.batch_size", f"{train.batch_size} is smaller than data.lanes ({lanes}), so a lane "
+                                      f"would add no row to a step: raise it to at least {lanes}")
+        elif train and r.ok("train.batch_size", "train.grad_accum_steps") and \
+                train.batch_size < most * train.grad_accum_steps:
+            r.add("train.batch_size", f"{train.batch_size} rows cannot fill {most} workers x "
+                                      f"{train.grad_accum_steps} accumulation steps: raise it to at least "
+                                      f"{most * train.grad_accum_steps} or lower train.grad_accum_steps")
+    if failure and failure.inject and r.ok("failure.inject.rank") and failure.inject.rank >= most:
+        r.add("failure.inject.rank", f"{failure.inject.rank} is not a worker rank: scaling.workers allows "
+                                     f"at most {most} workers (ranks 0..{most - 1})")
+
+
+def _build(raw: Mapping, report: _Report, default_name: str | None) -> JobSpec | None:
+    """The JobSpec with data.lanes resolved, or None with every problem in `report`."""
+    top = _Fields(raw, "", report)
+    name = top.value("name", _REQUIRED if default_name is None else default_name, _as_name,
+                     why="the run's name; it becomes a directory name")
+    if "name" not in raw and default_name is not None and not _RUN_NAME.fullmatch(default_name):
+        top.add("name", f"required: the file name '{default_name}' cannot stand in, as a run name must start "
+                        "with a letter or digit and hold only letters, digits, '.', '_' and '-'")
+    parts = {}
+    for key, (build, required, why, shorthand) in _SECTIONS.items():
+        section = top.section(key, required=required, why=why, shorthand=shorthand)
+        parts[key] = build(section) if section is not None else None
+        if section is not None:
+            section.finish()
+    storage = top.str("storage", "./runs")
+    top.finish()
+    _check_across(parts, report)
+    if report.problems:
+        return None
+    spec = JobSpec(name=name, storage=storage, **parts)
+    lanes = spec.data.lanes if spec.data.lanes is not None else max(MIN_LANES, spec.scaling.max_workers)
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, lanes=lanes))
+
+
+# ---- public API --------------------------------------------------------------------
+
+def _apply(raw: Mapping, overrides: Sequence[str]) -> tuple[dict, list[str]]:
+    result, problems = copy.deepcopy(dict(raw)), []
+    for item in overrides:
+        try:
+            _set(result, item)
+        except _Bad as bad:
+            problems.append(f"--set {item!r}: {bad.message}")
+    return result, problems
+
+
+def _set(root: dict, item: str) -> None:
+    key, eq, text = item.partition("=")
+    parts = [part.strip() for part in key.split(".")]
+    if not eq or not all(parts):
+        raise _Bad("expected key.path=value, e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _Bad(f"the value is not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    node = root
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif depth == 0 and part in _SHORTHAND_SECTIONS and isinstance(child, str):
+            child = {"name": child}  # `loss: mse` with `--set loss.huber_delta=2`
+        elif isinstance(child, Mapping):
+            child = dict(child)
+        else:
+            raise _Bad(f"'{'.'.join(parts[:depth + 1])}' is {_describe(child)}, not a mapping, "
+                       f"so it cannot hold '{parts[depth + 1]}'")
+        node[part] = node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: Mapping, overrides: Sequence[str]) -> dict:
+    """A deep copy of `raw` with each `a.b.c=value` override set (value parsed as YAML),
+    creating mappings on the way; `raw` is untouched. Raises one SpecError naming every
+    malformed override. Keys are not checked here: `from_dict` reports unknown ones."""
+    result, problems = _apply(raw, overrides)
+    if problems:
+        raise SpecError(problems)
+    return result
+
+
+def _not_a_mapping(got: str) -> str:
+    return f"job file: expected a mapping of sections ({', '.join(['name', *_SECTIONS, 'storage'])}), got {got}"
+
+
+def from_dict(raw: Mapping, overrides: Sequence[str] = (), source: str | None = None,
+              default_name: str | None = None) -> JobSpec:
+    """A validated JobSpec from a job file's mapping plus overrides, with data.lanes resolved.
+    Raises one SpecError (carrying `source`) that lists every problem found."""
+    if not isinstance(raw, Mapping):
+        raise SpecError([_not_a_mapping(_describe(raw))], source)
+    raw, problems = _apply(raw, overrides)
+    if problems:
+        raise SpecError(problems, source)
+    report = _Report()
+    spec = _build(raw, report, default_name)
+    if spec is None:
+        raise SpecError(report.problems, source)
+    return spec
+
+
+def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> JobSpec:
+    """Read, override and validate the job file at `path`; the run name defaults to the
+    file's stem. Every mistake (missing file, YAML syntax, schema) is a SpecError."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        what = " (that is a directory)" if path.is_dir() else ""
+        raise SpecError([f"no job file at {source}{what}"], source)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError([f"YAML syntax error{where}: {exc.problem or exc.context}"], source) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SpecError([f"cannot read the job file: {exc}"], source) from None
+    if not isinstance(raw, Mapping):
+        got = "an empty file" if raw is None else _describe(raw)
+        raise SpecError([_not_a_mapping(got)], source)
+    return from_dict(raw, overrides, source=source, default_name=path.stem)

@@ -193,6 +193,12 @@ def _fit(prepared: PreparedJob, board, on_record) -> tuple[list[dict], Orchestra
         return records, TrainingError(fatal[0])
     if "error" in outcome:
         return records, _explain_failure(outcome["error"], prepared.job)
+    digests = {r["weights_sha256"] for r in records if r["kind"] == "final"}
+    if len(digests) > 1:
+        return records, TrainingError(
+            "the workers finished with different weights (DDP replicas diverged); the run is not "
+            "trustworthy. If the model has parameters unused in forward, set train.find_unused_parameters."
+        )
     return records, None
 
 

@@ -17,6 +17,7 @@ decisions every rank computes identically, so no rank waits alone.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import tempfile
@@ -161,6 +162,10 @@ class _Worker:
                 self._report_checkpoint({"step": self.step})
         if progress.epoch_rows:  # stopped by max_steps, or on an epoch's last batch
             self._end_epoch(progress)
+        # Every rank posts a digest of its weights: DDP keeps replicas identical,
+        # and the driver refuses to call a run finished if they are not.
+        self.board.post.remote({"kind": "final", "rank": self.rank, "step": self.step,
+                                "weights_sha256": weights_digest(self.net.state_dict())})
 
     def _train_step(self, batch, progress: _Progress) -> bool:
         """One optimizer step on this rank's part of a global batch; False if gradients are not finite."""
@@ -357,6 +362,15 @@ def _reseed(seed: int, step: int, rank: int) -> None:
     torch.manual_seed(int(state[0]))
     np.random.seed(int(state[1]))
     random.seed(int(state[1]))
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names and raw tensor bytes: equal digests mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

@@ -13,6 +13,7 @@ Records are plain dicts with a "kind":
     epoch       an epoch ended (train and validation metrics)
     checkpoint  a checkpoint was reported (step, path name)
     fatal       training must stop and not be retried (message)
+    final       a rank finished (rank, step, weights_sha256: replicas must agree)
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class RunSummary:
     time_to_first_step_s: float | None = None
     checkpoint: str | None = None
     model: str | None = None
+    weights_sha256: str | None = None  # the digest every rank's final weights agreed on
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +117,9 @@ def summarize(name: str, run_dir: str, records: list[dict], started_at: float) -
     checkpoints = [r for r in records if r["kind"] == "checkpoint"]
     if checkpoints:
         summary.checkpoint = checkpoints[-1]["path"]
+    digests = {r["weights_sha256"] for r in records if r["kind"] == "final"}
+    if len(digests) == 1:
+        summary.weights_sha256 = digests.pop()
     summary.wall_s = round(time.time() - started_at, 3)
     return summary
 

@@ -1,0 +1,31 @@
+"""One local Ray cluster shared by every integration test (Ray takes seconds to start)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_cluster():
+    """A 2-CPU local Ray on OS-chosen free ports, named in RAY_ADDRESS for Ray Train's own actors."""
+    import ray
+
+    previous = os.environ.get("RAY_ADDRESS")
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+    )
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    yield ray
+    ray.shutdown()
+    if previous is None:
+        os.environ.pop("RAY_ADDRESS", None)
+    else:
+        os.environ["RAY_ADDRESS"] = previous

@@ -1,0 +1,83 @@
+"""The command line as a user meets it: exit codes, one-paragraph errors, shipped jobs."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from orchestrator import spec
+from tests.conftest import REPO, regression_job
+
+JOBS = sorted((REPO / "jobs").glob("*.yaml"))
+
+
+def orchestrator(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("job_file", JOBS, ids=[p.name for p in JOBS])
+def test_every_shipped_job_file_is_valid(job_file):
+    job = spec.load(job_file)
+    assert job.name and job.data.path
+
+
+def test_validate_checks_spec_and_footers_without_starting_ray(tmp_path, regression_data):
+    data_dir, _ = regression_data
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(regression_job(data_dir, str(tmp_path / "runs"))))
+    result = orchestrator("validate", str(job_file), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "job test-run: OK" in result.stdout
+    assert "3 file(s)" in result.stdout and "8,000 rows" in result.stdout
+
+
+def test_a_bad_job_file_exits_2_with_every_problem_and_no_traceback(tmp_path, regression_data):
+    data_dir, _ = regression_data
+    raw = regression_job(data_dir, str(tmp_path / "runs"))
+    raw["optim"] = {"name": "adamw", "lr_shedule": 3, "lr": -1}
+    raw["train"]["epochs"] = "five"
+    job_file = tmp_path / "bad.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    result = orchestrator("run", str(job_file), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "optim.lr_shedule: unknown key (did you mean 'lr'?" in result.stderr
+    assert "optim.lr: must be > 0" in result.stderr
+    assert "train.epochs: expected an integer, got 'five'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"data": {"path": "/nonexistent/dir", "label": "y"}}, "/nonexistent/dir"),
+        ({"data": {"path": "DATA", "label": "target"}}, "label column 'target'"),
+    ],
+    ids=["missing path", "missing label column"],
+)
+def test_bad_data_exits_2_naming_the_path_or_column(tmp_path, regression_data, change, message):
+    data_dir, _ = regression_data
+    raw = regression_job(data_dir, str(tmp_path / "runs"))
+    raw.update({k: {kk: (data_dir if vv == "DATA" else vv) for kk, vv in v.items()} for k, v in change.items()})
+    job_file = tmp_path / "bad.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    result = orchestrator("run", str(job_file), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+
+
+def test_set_overrides_reach_the_job(tmp_path, regression_data):
+    data_dir, _ = regression_data
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(regression_job(data_dir, str(tmp_path / "runs"))))
+    result = orchestrator("validate", str(job_file), "--set", "train.batch_size=1000", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "global batches of 1000" in result.stdout

@@ -8,9 +8,13 @@ Owns the checkpoint format. A checkpoint describes itself:
         job.json        the resolved job file the run was started with
         manifest.json   format version, step, and size + sha256 of every file above
 
-The manifest is written last, so a directory without a valid manifest is an
-incomplete checkpoint. Loading verifies sizes and checksums first, then uses
+The manifest is written last, and `upload` copies it to storage last, so a
+directory without a valid manifest is an incomplete checkpoint and is never
+resumed from. Loading verifies sizes and checksums first, then uses
 `torch.load(weights_only=True)`: nothing is ever unpickled as an object.
+
+In storage, checkpoints live side by side in the run folder; `newest_first`,
+`local_copy` and `prune` work there on any pyarrow filesystem.
 
 RNG state is not stored: the loop reseeds every generator from
 (seed, step, rank) before each step, so the counters above determine it.
@@ -21,13 +25,17 @@ It knows nothing about Ray cluster setup; the loop hands directories to
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
+import re
+import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
+import pyarrow.fs
 import torch
 
 from orchestrator.data.plan import Cursor
@@ -127,6 +135,80 @@ def load(directory: str) -> TrainState:
         world_size=int(state["world_size"]),
         job=job,
     )
+
+
+_DIR_NAME = re.compile(r"^step-(\d{8,})$")
+
+
+def newest_first(fs: pyarrow.fs.FileSystem, run_path: str) -> list[str]:
+    """Names of the checkpoint directories in a run folder, highest step first (complete or not)."""
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(run_path, allow_not_found=True))
+    except FileNotFoundError:
+        return []
+    names = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory and _DIR_NAME.match(i.base_name)]
+    return sorted(names, key=lambda name: int(_DIR_NAME.match(name).group(1)), reverse=True)
+
+
+def upload(local_directory: str, fs: pyarrow.fs.FileSystem, destination: str) -> None:
+    """Copy a saved checkpoint into storage, the manifest last: a manifest in storage means complete."""
+    fs.create_dir(destination, recursive=True)
+    names = sorted(os.listdir(local_directory), key=lambda name: name == MANIFEST_FILE)
+    local = pyarrow.fs.LocalFileSystem()
+    for name in names:
+        pyarrow.fs.copy_files(
+            os.path.join(local_directory, name),
+            f"{destination}/{name}",
+            source_filesystem=local,
+            destination_filesystem=fs,
+        )
+
+
+@contextlib.contextmanager
+def local_copy(fs: pyarrow.fs.FileSystem, path: str) -> Iterator[str]:
+    """A local directory holding the checkpoint at `path` (the path itself on local disk)."""
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="orchestrator-restore-") as directory:
+        pyarrow.fs.copy_files(path, directory, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+        yield directory
+
+
+def peek(fs: pyarrow.fs.FileSystem, path: str) -> dict | None:
+    """The manifest of the checkpoint at `path` if every file it lists is there at its size, else None.
+
+    Cheap (no checksums): for deciding, on the driver, what a run would resume from.
+    """
+    try:
+        with fs.open_input_stream(f"{path}/{MANIFEST_FILE}") as f:
+            manifest = json.loads(f.read())
+        infos = fs.get_file_info([f"{path}/{name}" for name in manifest["files"]])
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return None
+    sizes_match = all(
+        info.size == expected["bytes"] for info, expected in zip(infos, manifest["files"].values())
+    )
+    return manifest if sizes_match else None
+
+
+def read_job(fs: pyarrow.fs.FileSystem, path: str) -> dict:
+    """The resolved job file stored in the checkpoint at `path`."""
+    with fs.open_input_stream(f"{path}/{JOB_FILE}") as f:
+        return json.loads(f.read())
+
+
+def prune(fs: pyarrow.fs.FileSystem, run_path: str, keep: int) -> list[str]:
+    """Delete incomplete checkpoints and all but the newest `keep` complete ones; returns what was deleted."""
+    complete = 0
+    deleted = []
+    for name in newest_first(fs, run_path):
+        if peek(fs, f"{run_path}/{name}") is not None and complete < keep:
+            complete += 1
+            continue
+        fs.delete_dir(f"{run_path}/{name}")
+        deleted.append(name)
+    return deleted
 
 
 def _safe_load(directory: str, name: str) -> Any:

@@ -108,11 +108,20 @@ class _ProgressPrinter:
 
     def __call__(self, record: dict) -> None:
         kind = record["kind"]
-        if kind == "start":
+        if kind == "resume":
+            print(f"resuming {self.job.name} from its checkpoint at step {record['step']} ({record['checkpoint']})",
+                  flush=True)
+        elif kind == "already_complete":
+            print(f"{self.job.name} is already complete ({record['step']} steps); pass --fresh to train it again",
+                  flush=True)
+        elif kind == "warning":
+            print(f"warning: {record['message']}", file=sys.stderr, flush=True)
+        elif kind == "start":
             self.starts += 1
-            if record["resumed_step"] is not None:
-                print(f"worker group started with {record['world_size']} worker(s); "
-                      f"resuming from the checkpoint at step {record['resumed_step']}", flush=True)
+            if self.starts > 1:
+                resumed = record["resumed_step"]
+                where = f"from the checkpoint at step {resumed}" if resumed is not None else "from the start"
+                print(f"worker group restarted with {record['world_size']} worker(s); resuming {where}", flush=True)
         elif kind == "epoch":
             total = f"/{self.job.train.epochs}" if self.job.train.epochs else ""
             partial = "" if record["complete"] else " (partial)"

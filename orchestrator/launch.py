@@ -14,6 +14,7 @@ It does not parse arguments or print: progress reaches the caller through
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -23,7 +24,7 @@ from typing import Callable
 
 import pyarrow.fs
 
-from orchestrator import settings, storage, tracking
+from orchestrator import checkpoint, settings, storage, tracking
 from orchestrator.data import plan, source
 from orchestrator.data.source import DatasetIndex
 from orchestrator.errors import DataError, LaunchError, OrchestratorError, SpecError, TrainingError
@@ -137,7 +138,9 @@ def run(
     started_at = time.time()
     prepared = prepare(job)
     fs, run_path = storage.arrow_filesystem(prepared.run_url)
-    _prepare_run_folder(fs, run_path, prepared.run_url, fresh)
+    finished = _prepare_run_folder(fs, run_path, prepared, fresh, on_record)
+    if finished is not None:
+        return finished
 
     import ray  # deferred: `orchestrator validate` never pays for importing Ray
 
@@ -151,6 +154,9 @@ def run(
         if embedded:
             ray.shutdown()
     summary.dropped_rows_per_epoch = prepared.dropped_rows
+    # Ray Train prunes what it registered; this also removes checkpoints it never
+    # registered and uploads cut short, so exactly the newest `keep` complete ones stay.
+    checkpoint.prune(fs, run_path, job.checkpoint.keep)
     if error is None and summary.checkpoint:
         fs.copy_file(f"{run_path}/{summary.checkpoint}/{MODEL_FILE}", f"{run_path}/{MODEL_FILE}")
         summary.model = storage.join(prepared.run_url, MODEL_FILE)
@@ -239,6 +245,10 @@ def _connect(address: str | None, verbose: bool) -> bool:
     """Join the cluster at `address` / RAY_ADDRESS, or start an embedded one; True if started here."""
     import ray
 
+    # Ray Train's controller collects reports and notices dead workers at this
+    # interval (Ray's default is 2 s); the driver's value reaches the controller.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", settings.CONTROLLER_POLL_INTERVAL_S.get())
+
     address = address or settings.RAY_ADDRESS.get() or None
     quiet = logging.INFO if verbose else logging.ERROR
     if ray.is_initialized():
@@ -282,21 +292,64 @@ def _check_resources(job: JobSpec) -> None:
         )
 
 
-def _prepare_run_folder(fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, fresh: bool) -> None:
-    info = fs.get_file_info(run_path)
-    if info.type == pyarrow.fs.FileType.NotFound:
-        fs.create_dir(run_path, recursive=True)
-        return
+# Job settings that may change when a run resumes: where it runs and how it reports,
+# not what it computes. Anything else differing from the checkpoint's job is refused.
+_MAY_CHANGE_ON_RESUME = (
+    "name", "storage", "scaling", "failure", "checkpoint", "data.prefetch_batches", "data.generate",
+    "train.log_every_n_steps", "train.compile",
+)
+
+
+def _prepare_run_folder(
+    fs: pyarrow.fs.FileSystem, run_path: str, prepared: PreparedJob, fresh: bool, on_record
+) -> tracking.RunSummary | None:
+    """Create the run folder, or decide how an earlier run of this name continues.
+
+    Returns the stored summary of a run that already finished (nothing to do);
+    None when training should start, fresh or resuming from the newest
+    complete checkpoint (announced through `on_record`).
+    """
     if fresh:
-        fs.delete_dir(run_path)
+        if fs.get_file_info(run_path).type != pyarrow.fs.FileType.NotFound:
+            fs.delete_dir(run_path)
+    if fs.get_file_info(run_path).type == pyarrow.fs.FileType.NotFound:
         fs.create_dir(run_path, recursive=True)
-        return
-    summary = fs.get_file_info(f"{run_path}/{SUMMARY_FILE}")
-    if summary.type != pyarrow.fs.FileType.NotFound:
-        raise LaunchError(
-            f"a run named '{os.path.basename(run_path)}' already exists at {run_url}. "
-            "Pass --fresh to delete it and start over, or --name to start another run."
-        )
+        return None
+    summary_path = f"{run_path}/{SUMMARY_FILE}"
+    if fs.get_file_info(summary_path).type != pyarrow.fs.FileType.NotFound:
+        with fs.open_input_stream(summary_path) as f:
+            stored = json.loads(f.read())
+        if stored.get("status") == "finished":
+            summary = tracking.RunSummary(**stored)
+            on_record({"kind": "already_complete", "step": summary.steps, "run_dir": summary.run_dir})
+            return summary
+    for name in checkpoint.newest_first(fs, run_path):
+        if checkpoint.peek(fs, f"{run_path}/{name}") is None:
+            continue
+        changed = _differences(checkpoint.read_job(fs, f"{run_path}/{name}"), prepared.job.to_dict())
+        if changed:
+            raise LaunchError(
+                f"the run at {prepared.run_url} was started with a different job, so it cannot resume: "
+                + "; ".join(changed) + ". Pass --fresh to start it over, or --name to start another run."
+            )
+        on_record({"kind": "resume", "checkpoint": name, "step": int(name.split("-")[1])})
+        return None
+    return None
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key.path: old → new' for every training setting that differs between two resolved jobs."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        if path in _MAY_CHANGE_ON_RESUME:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{path}.")
+        elif a != b:
+            found.append(f"{path}: {a!r} → {b!r}")
+    return found
 
 
 def _explain_failure(error: BaseException, job: JobSpec) -> OrchestratorError:

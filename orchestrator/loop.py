@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from orchestrator import checkpoint, models, optim, spec
 from orchestrator.data.reader import EndOfEpoch, ShardReader, validation_batches
+from orchestrator.errors import CheckpointError
 
 _VALIDATION_BATCH_ROWS = 8192
 
@@ -93,6 +94,9 @@ class _Worker:
         self.batches_per_epoch = self.reader.plan(0).batches
         self.dropped_rows = self.reader.plan(0).dropped
         self.step, self.samples = 0, 0
+        storage = ray.train.get_context().get_storage()
+        self.storage_fs, self.run_path = storage.storage_filesystem, storage.experiment_fs_path
+        self.preemption_saved = False
         self.last_checkpoint_step = -1
         self.last_checkpoint_time = time.monotonic()
         self.resumed_step = self._restore()
@@ -110,18 +114,27 @@ class _Worker:
     # -- resume -------------------------------------------------------------
 
     def _restore(self) -> int | None:
-        """If Ray Train hands back a checkpoint, continue from it; else start fresh.
+        """If the run folder holds a complete checkpoint, continue from the newest; else start fresh.
 
-        Ray Train's controller is the one authority on which checkpoint a
-        restarted group receives; the checkpoint holds the model, optimizer,
-        schedule and data cursor, so the group continues at the exact next batch.
+        The resume rule: continue from the newest checkpoint in the run folder
+        whose manifest verifies. Every checkpoint Ray Train hands back
+        (`ray.train.get_checkpoint()`) is among them, but Ray registers a
+        report only when its controller next polls the workers, so a worker
+        that dies right after reporting would send the group back one
+        checkpoint; and an upload cut short leaves a directory Ray may list.
+        Rank 0 chooses and every rank loads its choice, so all ranks continue
+        from the same step, at the exact next batch.
         """
         self.optimizer = optim.build_optimizer(self.job.optim, self.net.parameters())
         self.scheduler = optim.build_scheduler(self.job.schedule, self.optimizer, self.total_steps)
-        handed_back = ray.train.get_checkpoint()
-        if handed_back is None:
+        chosen = self._choose_checkpoint() if self.rank == 0 else None
+        if self.world > 1:
+            shared = [chosen]
+            dist.broadcast_object_list(shared, src=0)
+            chosen = shared[0]
+        if chosen is None:
             return None
-        with handed_back.as_directory() as directory:
+        with checkpoint.local_copy(self.storage_fs, f"{self.run_path}/{chosen}") as directory:
             state = checkpoint.load(directory)
         self.net.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
@@ -130,6 +143,16 @@ class _Worker:
         self.step, self.samples = state.step, state.samples
         self.last_checkpoint_step = state.step
         return state.step
+
+    def _choose_checkpoint(self) -> str | None:
+        for name in checkpoint.newest_first(self.storage_fs, self.run_path):
+            try:
+                with checkpoint.local_copy(self.storage_fs, f"{self.run_path}/{name}") as directory:
+                    checkpoint.verify(directory)
+                return name
+            except CheckpointError as error:
+                self._post(kind="warning", message=f"skipping checkpoint {name}: {error}; trying an older one")
+        return None
 
     @property
     def total_steps(self) -> int:
@@ -221,7 +244,7 @@ class _Worker:
         )
         progress.log_loss, progress.log_rows, progress.log_steps = 0.0, 0, 0
         progress.log_started = time.perf_counter()
-        if due or self._step_checkpoint_due():
+        if due or self._step_checkpoint_due() or self._preempted():
             self._report_checkpoint({"step": self.step})
 
     def _end_epoch(self, progress: _Progress) -> None:
@@ -300,14 +323,28 @@ class _Worker:
         every = self.job.checkpoint.every_n_seconds
         return bool(every) and time.monotonic() - self.last_checkpoint_time >= every
 
+    def _preempted(self) -> bool:
+        """True once when Ray Train signals that a node of this group is about to be reclaimed.
+
+        `get_preemption_info` is a barrier: every rank calls it at every log point.
+        """
+        info = ray.train.get_preemption_info()
+        if info is None or self.preemption_saved:
+            return False
+        self.preemption_saved = True
+        self._post(kind="warning", message=f"nodes {info.preempted_node_ids} are being preempted "
+                   f"(ranks {info.preempted_ranks}); taking a checkpoint now at step {self.step}")
+        return True
+
     def _report_checkpoint(self, metrics: dict) -> None:
         """Report a checkpoint of the current state through Ray Train (rank 0 writes it)."""
         if self.step == self.last_checkpoint_step:
             return
         self.last_checkpoint_step, self.last_checkpoint_time = self.step, time.monotonic()
         name = checkpoint.dir_name(self.step)
+        # ASYNC on every rank: a SYNC report waits for the controller's next poll.
         if self.rank != 0:
-            ray.train.report(metrics, checkpoint=None)
+            ray.train.report(metrics, checkpoint=None, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
             return
         directory = tempfile.mkdtemp(prefix="orchestrator-checkpoint-")
         state = checkpoint.TrainState(
@@ -321,14 +358,23 @@ class _Worker:
             job=self.job.to_dict(),
         )
         checkpoint.save(state, directory)
-        # Ray Train uploads in the background and deletes the local copy afterwards.
+        step, samples = self.step, self.samples
+
+        def upload(local: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+            destination = f"{self.run_path}/{dir_name}"
+            checkpoint.upload(local.path, self.storage_fs, destination)
+            self._post(kind="checkpoint", step=step, samples=samples, path=dir_name)
+            return ray.train.Checkpoint(destination, self.storage_fs)
+
+        # Ray Train runs `upload` in a background thread, then registers the
+        # checkpoint and deletes the local copy; training goes on meanwhile.
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(directory),
             checkpoint_dir_name=name,
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+            checkpoint_upload_fn=upload,
         )
-        self._post(kind="checkpoint", step=self.step, samples=self.samples, path=name)
 
     # -- helpers ------------------------------------------------------------
 

@@ -47,3 +47,8 @@ REMOTE_BLOCK_SIZE_MB = Setting(
 PLACEMENT_TIMEOUT_S = Setting(
     "ORCHESTRATOR_PLACEMENT_TIMEOUT_S", "60", "How long a worker group may wait for resources before the run fails."
 )
+CONTROLLER_POLL_INTERVAL_S = Setting(
+    "ORCHESTRATOR_CONTROLLER_POLL_INTERVAL_S",
+    "0.5",
+    "Ray Train controller's poll of its workers (unless RAY_TRAIN_HEALTH_CHECK_INTERVAL_S is set).",
+)

@@ -6,12 +6,16 @@ to it without waiting, the driver drains them to print progress), the
 metrics history kept once per step however often the group restarts, and
 `summary.json`. Knows no training math.
 
+The driver itself adds "resume" (checkpoint, step) before training continues
+an earlier run, and "already_complete" (step, run_dir) for a finished one.
+
 Records are plain dicts with a "kind":
     start       a worker group began (world_size, resumed_step or None)
     first_step  the first optimizer step of a group finished (time)
     log         periodic train metrics (step, epoch, loss, lr, samples_per_s)
     epoch       an epoch ended (train and validation metrics)
-    checkpoint  a checkpoint was reported (step, path name)
+    checkpoint  a checkpoint is complete in storage (step, path: its directory name)
+    warning     something the user should know that did not stop training (message)
     fatal       training must stop and not be retried (message)
     final       a rank finished (rank, step, weights_sha256: replicas must agree)
 """
@@ -82,6 +86,7 @@ class RunSummary:
     checkpoint: str | None = None
     model: str | None = None
     weights_sha256: str | None = None  # the digest every rank's final weights agreed on
+    warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,7 +121,8 @@ def summarize(name: str, run_dir: str, records: list[dict], started_at: float) -
         summary.samples = max(r.get("samples", 0) for r in progress)
     checkpoints = [r for r in records if r["kind"] == "checkpoint"]
     if checkpoints:
-        summary.checkpoint = checkpoints[-1]["path"]
+        summary.checkpoint = max(checkpoints, key=lambda r: r["step"])["path"]
+    summary.warnings = [r["message"] for r in records if r["kind"] == "warning"]
     digests = {r["weights_sha256"] for r in records if r["kind"] == "final"}
     if len(digests) == 1:
         summary.weights_sha256 = digests.pop()

@@ -127,12 +127,15 @@ def run(
     fresh: bool = False,
     verbose: bool = False,
     on_record: Callable[[dict], None] = lambda record: None,
+    audit_samples: bool = False,
 ) -> tracking.RunSummary:
     """Train `job` to the end and return its summary (also written as summary.json).
 
     Joins the Ray cluster at `address` (or RAY_ADDRESS); without one, starts an
     embedded local Ray sized to this machine and stops it afterwards. With
     `fresh`, an earlier run of the same name and storage is deleted first.
+    `on_record` sees every progress record (tracking.py lists them); with
+    `audit_samples` they include each step's row ids on every rank.
     Raises an OrchestratorError for a job that cannot run or training that failed.
     """
     started_at = time.time()
@@ -148,7 +151,7 @@ def run(
     try:
         _check_resources(prepared.job)
         board = ray.remote(tracking.RunBoard).options(num_cpus=0).remote()
-        records, error = _fit(prepared, board, on_record)
+        records, error = _fit(prepared, board, on_record, audit_samples)
         summary = tracking.summarize(job.name, prepared.run_url, records, started_at)
     finally:
         if embedded:
@@ -170,11 +173,11 @@ def run(
     return summary
 
 
-def _fit(prepared: PreparedJob, board, on_record) -> tuple[list[dict], OrchestratorError | None]:
+def _fit(prepared: PreparedJob, board, on_record, audit_samples: bool) -> tuple[list[dict], OrchestratorError | None]:
     """Run the TorchTrainer in a thread while this one relays the board's records."""
     import ray
 
-    trainer = _trainer(prepared, board)
+    trainer = _trainer(prepared, board, audit_samples)
     outcome: dict = {}
 
     def fit() -> None:
@@ -208,7 +211,7 @@ def _fit(prepared: PreparedJob, board, on_record) -> tuple[list[dict], Orchestra
     return records, None
 
 
-def _trainer(prepared: PreparedJob, board):
+def _trainer(prepared: PreparedJob, board, audit_samples: bool):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -224,6 +227,7 @@ def _trainer(prepared: PreparedJob, board):
             "index": prepared.index,
             "validation_index": prepared.validation_index,
             "outputs": prepared.outputs,
+            "audit_samples": audit_samples,
             "board": board,
         },
         scaling_config=ray.train.ScalingConfig(

@@ -55,7 +55,8 @@ def train(config: dict) -> None:
 
     `config` holds the resolved job ("job", a dict), the training and validation
     DatasetIndex ("index", "validation_index"), the model's output size
-    ("outputs") and the driver's RunBoard handle ("board").
+    ("outputs"), the driver's RunBoard handle ("board") and, for audits of the
+    sample order, "audit_samples" (post every step's row ids).
     """
     job = spec.from_dict(config["job"])
     index, board = config["index"], config["board"]
@@ -63,6 +64,7 @@ def train(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     worker = _Worker(job, index, config["validation_index"], config["outputs"], board, rank, world, device)
+    worker.audit_samples = config.get("audit_samples", False)
     worker.run()
 
 
@@ -165,6 +167,7 @@ class _Worker:
 
     def run(self) -> None:
         self._post(kind="start", world_size=self.world, resumed_step=self.resumed_step)
+        self.board.post.remote({"kind": "worker", "rank": self.rank, "pid": os.getpid()})
         progress = _Progress()
         while self.step < self.total_steps:
             try:
@@ -175,6 +178,9 @@ class _Worker:
                 progress = _Progress()
                 continue
             self._maybe_inject_fault()
+            if self.audit_samples:
+                self.board.post.remote({"kind": "samples", "rank": self.rank, "step": self.step + 1,
+                                        "epoch": self.reader.state().epoch, "ids": batch.ids.tolist()})
             if not self._train_step(batch, progress):
                 return  # every rank saw the same non-finite gradient; the driver reports it
             if self.step == (self.resumed_step or 0) + 1:

@@ -11,6 +11,8 @@ an earlier run, and "already_complete" (step, run_dir) for a finished one.
 
 Records are plain dicts with a "kind":
     start       a worker group began (world_size, resumed_step or None)
+    worker      a rank is running (rank, pid)
+    samples     with audit_samples: the row ids a rank trains on at a step (rank, step, epoch, ids)
     first_step  the first optimizer step of a group finished (time)
     log         periodic train metrics (step, epoch, loss, lr, samples_per_s)
     epoch       an epoch ended (train and validation metrics)

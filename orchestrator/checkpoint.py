@@ -25,12 +25,14 @@ It knows nothing about Ray cluster setup; the loop hands directories to
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -162,6 +164,44 @@ def upload(local_directory: str, fs: pyarrow.fs.FileSystem, destination: str) ->
             source_filesystem=local,
             destination_filesystem=fs,
         )
+
+
+class Uploader:
+    """Uploads saved checkpoints to storage in one background thread, in order, manifest last.
+
+    A checkpoint is durable as soon as its upload finishes, whatever else is
+    queued. At most `max_pending` uploads wait at once: `submit` blocks (a
+    stall, not a skip) only when storage is slower than checkpoints are taken.
+    The local copy is deleted after its upload.
+    """
+
+    def __init__(self, fs: pyarrow.fs.FileSystem, run_path: str, max_pending: int = 2):
+        self.fs, self.run_path, self.max_pending = fs, run_path, max_pending
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-upload")
+        self._futures: list[concurrent.futures.Future] = []
+
+    def submit(self, local_directory: str, name: str, on_done=lambda: None) -> concurrent.futures.Future:
+        """Queue the upload of `local_directory` as `<run>/<name>`; the future resolves to its storage path."""
+        self._futures = [f for f in self._futures if not f.done()]
+        while len(self._futures) >= self.max_pending:
+            self._futures.pop(0).result()
+
+        def work() -> str:
+            destination = f"{self.run_path}/{name}"
+            upload(local_directory, self.fs, destination)
+            shutil.rmtree(local_directory, ignore_errors=True)
+            on_done()
+            return destination
+
+        future = self._pool.submit(work)
+        self._futures.append(future)
+        return future
+
+    def close(self) -> None:
+        """Wait for every queued upload to finish (raises the first upload error)."""
+        self._pool.shutdown(wait=True)
+        for future in self._futures:
+            future.result()
 
 
 @contextlib.contextmanager

@@ -50,7 +50,69 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a job file and its data footers without starting Ray")
     _job_arguments(validate)
     validate.set_defaults(command=_validate)
+    _cluster_commands(commands)
     return parser
+
+
+def _cluster_commands(commands) -> None:
+    """`submit`, `status`, `logs`, `stop`: a job on a Ray cluster through its Jobs API (orchestrator/submit.py)."""
+    address = "the cluster's Jobs API, http://HOST:8265 (default: RAY_API_SERVER_ADDRESS, else RAY_ADDRESS)"
+    submit = commands.add_parser("submit", help="run a job on a Ray cluster through its Jobs API and follow it")
+    _job_arguments(submit)
+    submit.add_argument("--workers", help="scaling.workers: a count, or MIN,MAX for an elastic run")
+    submit.add_argument("--storage", help="storage: where run folders go; on a cluster a shared URL (s3://…)")
+    submit.add_argument("--name", help="name: the run folder's name under storage")
+    submit.add_argument("--address", help=address)
+    submit.add_argument("--fresh", action="store_true", help="delete an earlier run of this name first")
+    submit.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and per-step progress")
+    submit.add_argument("--runtime-env-json", metavar="JSON",
+                        help='more runtime env for the job, e.g. \'{"pip": ["s3fs"]}\' (merged with the upload)')
+    submit.add_argument("--no-wait", action="store_true", help="print the job id and return without following it")
+    submit.set_defaults(command=_submit)
+    for name, text in (("status", "show a submitted job's status"), ("logs", "print a submitted job's logs"),
+                       ("stop", "stop a submitted job")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("job_id", help="the submission id `submit` printed (raysubmit_…)")
+        sub.add_argument("--address", help=address)
+        sub.set_defaults(command=globals()[f"_job_{name}"])
+        if name == "logs":
+            sub.add_argument("-f", "--follow", action="store_true", help="stream until the job ends; exit with its outcome")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator import submit
+
+    job = _load(args)  # the whole job is checked here, before anything is uploaded
+    options = [f"--{key}={getattr(args, key)}" for key in ("workers", "storage", "name") if getattr(args, key)]
+    options += ["--fresh"] * args.fresh + ["--verbose"] * args.verbose
+    try:
+        extra = json.loads(args.runtime_env_json) if args.runtime_env_json else None
+    except json.JSONDecodeError as error:
+        raise spec.SpecError(f"--runtime-env-json: not valid JSON ({error})") from None
+    return submit.submit(args.job, job, address=args.address, overrides=args.overrides, run_options=options,
+                         extra_runtime_env=extra, wait=not args.no_wait)
+
+
+def _job_status(args: argparse.Namespace) -> int:
+    from orchestrator import submit
+
+    print(submit.status(args.job_id, args.address))
+    return 0
+
+
+def _job_logs(args: argparse.Namespace) -> int:
+    from orchestrator import submit
+
+    return submit.logs(args.job_id, args.address, follow_logs=args.follow)
+
+
+def _job_stop(args: argparse.Namespace) -> int:
+    from orchestrator import submit
+
+    print(submit.stop(args.job_id, args.address))
+    return 0
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:

@@ -150,6 +150,7 @@ def run(
     embedded = _connect(address, verbose)
     try:
         _check_resources(prepared.job)
+        _check_storage(prepared.job)
         board = ray.remote(tracking.RunBoard).options(num_cpus=0).remote()
         records, error = _fit(prepared, board, on_record, audit_samples)
         summary = tracking.summarize(job.name, prepared.run_url, records, started_at)
@@ -157,12 +158,19 @@ def run(
         if embedded:
             ray.shutdown()
     summary.dropped_rows_per_epoch = prepared.dropped_rows
-    # Ray Train prunes what it registered; this also removes checkpoints it never
-    # registered and uploads cut short, so exactly the newest `keep` complete ones stay.
-    checkpoint.prune(fs, run_path, job.checkpoint.keep)
-    if error is None and summary.checkpoint:
-        fs.copy_file(f"{run_path}/{summary.checkpoint}/{MODEL_FILE}", f"{run_path}/{MODEL_FILE}")
-        summary.model = storage.join(prepared.run_url, MODEL_FILE)
+    if error is None:
+        # Ray Train prunes what it registered; this also removes checkpoints it never
+        # registered and uploads cut short, so exactly the newest `keep` complete ones
+        # stay. Never after a failure: Ray's snapshot must still find what it lists.
+        checkpoint.prune(fs, run_path, job.checkpoint.keep)
+        # The final checkpoint is the newest in storage, also when this session trained
+        # nothing (a driver that died after the last checkpoint, before the summary).
+        final = _newest_complete(fs, run_path)
+        if final is not None:
+            name, manifest = final
+            fs.copy_file(f"{run_path}/{name}/{MODEL_FILE}", f"{run_path}/{MODEL_FILE}")
+            summary.model = storage.join(prepared.run_url, MODEL_FILE)
+            summary.checkpoint, summary.steps = name, max(summary.steps, manifest["step"])
     if summary.checkpoint:
         summary.checkpoint = storage.join(prepared.run_url, summary.checkpoint)
     summary.status = "failed" if error else "finished"
@@ -275,25 +283,71 @@ def _connect(address: str | None, verbose: bool) -> bool:
 
 
 def _check_resources(job: JobSpec) -> None:
-    """Refuse up front a worker group the cluster can never place (no silent wait)."""
+    """Refuse up front a worker group the cluster can never place (no silent wait).
+
+    What the cluster lacks now is fine when its autoscaler can add it; refused
+    is what even the autoscaler's largest cluster (or, without one, the
+    cluster as it is) cannot hold, in total or on any one node.
+    """
     import ray
 
-    total = ray.cluster_resources()
-    workers = job.scaling.min_workers
-    need_cpu = workers * job.scaling.cpus_per_worker
-    problems = []
-    if need_cpu > total.get("CPU", 0):
-        problems.append(
-            f"{need_cpu:g} CPUs (scaling.workers {workers} × scaling.cpus_per_worker "
-            f"{job.scaling.cpus_per_worker:g}) but the cluster has {total.get('CPU', 0):g}"
-        )
-    if job.scaling.use_gpu and workers > total.get("GPU", 0):
-        problems.append(f"{workers} GPUs (scaling.use_gpu, one per worker) but the cluster has {total.get('GPU', 0):g}")
+    from orchestrator import cluster
+
+    workers, scaling = job.scaling.min_workers, job.scaling
+    need = {"CPU": workers * scaling.cpus_per_worker, **({"GPU": float(workers)} if scaling.use_gpu else {})}
+    per_worker = {"CPU": scaling.cpus_per_worker, **({"GPU": 1.0} if scaling.use_gpu else {})}
+    total, largest = ray.cluster_resources(), cluster.largest_node()
+    if all(need[k] <= total.get(k, 0) for k in need) and all(per_worker[k] <= largest.get(k, 0) for k in need):
+        return
+    limits = cluster.autoscaler_limits()
+    if limits is not None and limits.max_resources is None:
+        return  # an autoscaler whose limits we cannot read: Ray Train's placement timeout decides
+    most = dict(total)
+    if limits is not None:
+        most = {k: max(total.get(k, 0), limits.max_resources.get(k, 0)) for k in set(total) | set(need)}
+        largest = {k: max(largest.get(k, 0), limits.max_per_node.get(k, 0)) for k in set(largest) | set(need)}
+    what = {"CPU": f"scaling.workers {workers} × scaling.cpus_per_worker {scaling.cpus_per_worker:g}",
+            "GPU": "scaling.use_gpu, one per worker"}
+    has = "can grow to at most" if limits is not None else "has"
+    problems = [
+        f"{need[k]:g} {k}s ({what[k]}) but the cluster {has} {most.get(k, 0):g}"
+        for k in need if need[k] > most.get(k, 0)
+    ] + [
+        f"{per_worker[k]:g} {k}s on one node for each worker but its largest node offers {largest.get(k, 0):g}"
+        for k in need if per_worker[k] > largest.get(k, 0)
+    ]
     if problems:
+        limit = f" (limits from {limits.source})" if limits is not None else ""
         raise LaunchError(
-            "This job cannot be placed: it needs " + "; and ".join(problems) + ". Lower "
+            "This job cannot be placed: it needs " + "; and ".join(problems) + f"{limit}. Lower "
             "scaling.workers or scaling.cpus_per_worker (fractions are allowed), or run on a larger cluster."
         )
+
+
+def _check_storage(job: JobSpec) -> None:
+    """Refuse node-local storage on a cluster whose nodes are, or may become, other machines.
+
+    Each worker writes its checkpoints into `job.storage` on its own node, so
+    a plain path works only when every node sees the same disk. Setting
+    ORCHESTRATOR_ALLOW_LOCAL_STORAGE=1 declares that it does (an NFS mount).
+    """
+    from orchestrator import cluster
+
+    if not storage.is_local(job.storage) or settings.ALLOW_LOCAL_STORAGE.get() == "1":
+        return
+    machines = cluster.machines()
+    limits = cluster.autoscaler_limits() if len(machines) <= 1 else None
+    if len(machines) <= 1 and (limits is None or not limits.new_machines):
+        return
+    why = (f"its nodes run on {len(machines)} machines" if len(machines) > 1
+           else f"its autoscaler can add nodes on other machines ({limits.source})")
+    raise LaunchError(
+        f"storage {job.storage!r} is a path on one machine, but this Ray cluster's nodes need not share a disk: {why}, "
+        "and each worker would write its checkpoints to its own disk. Use storage every node shares: "
+        "an s3:// or gs:// URL (`--storage s3://bucket/runs`, needs `pip install -e .[s3]` on the nodes) "
+        f"or a path on an NFS mount present on every node, declared with "
+        f"{settings.ALLOW_LOCAL_STORAGE.name}=1."
+    )
 
 
 # Job settings that may change when a run resumes: where it runs and how it reports,
@@ -327,17 +381,25 @@ def _prepare_run_folder(
             summary = tracking.RunSummary(**stored)
             on_record({"kind": "already_complete", "step": summary.steps, "run_dir": summary.run_dir})
             return summary
-    for name in checkpoint.newest_first(fs, run_path):
-        if checkpoint.peek(fs, f"{run_path}/{name}") is None:
-            continue
+    newest = _newest_complete(fs, run_path)
+    if newest is not None:
+        name, manifest = newest
         changed = _differences(checkpoint.read_job(fs, f"{run_path}/{name}"), prepared.job.to_dict())
         if changed:
             raise LaunchError(
                 f"the run at {prepared.run_url} was started with a different job, so it cannot resume: "
                 + "; ".join(changed) + ". Pass --fresh to start it over, or --name to start another run."
             )
-        on_record({"kind": "resume", "checkpoint": name, "step": int(name.split("-")[1])})
-        return None
+        on_record({"kind": "resume", "checkpoint": name, "step": manifest["step"]})
+    return None
+
+
+def _newest_complete(fs: pyarrow.fs.FileSystem, run_path: str) -> tuple[str, dict] | None:
+    """The newest checkpoint in the run folder whose files are all there, with its manifest."""
+    for name in checkpoint.newest_first(fs, run_path):
+        manifest = checkpoint.peek(fs, f"{run_path}/{name}")
+        if manifest is not None:
+            return name, manifest
     return None
 
 

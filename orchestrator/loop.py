@@ -92,14 +92,16 @@ class _Worker:
             label_dtype=models.label_dtype(job.loss),
             holdout_fraction=self.holdout,
             prefetch_batches=job.data.prefetch_batches,
+            pin_memory=device.type == "cuda",
         )
         self.batches_per_epoch = self.reader.plan(0).batches
         self.dropped_rows = self.reader.plan(0).dropped
         self.step, self.samples = 0, 0
         storage = ray.train.get_context().get_storage()
         self.storage_fs, self.run_path = storage.storage_filesystem, storage.experiment_fs_path
+        self.uploader = checkpoint.Uploader(self.storage_fs, self.run_path)
         self.preemption_saved = False
-        self.last_checkpoint_step = -1
+        self.last_checkpoint_step = 0
         self.last_checkpoint_time = time.monotonic()
         self.resumed_step = self._restore()
 
@@ -168,6 +170,19 @@ class _Worker:
     def run(self) -> None:
         self._post(kind="start", world_size=self.world, resumed_step=self.resumed_step)
         self.board.post.remote({"kind": "worker", "rank": self.rank, "pid": os.getpid()})
+        try:
+            finished = self._train_to_the_end()
+        finally:
+            self.reader.close()
+            self.uploader.close()  # the worker may be torn down once this function returns
+        if finished:
+            # Every rank posts a digest of its weights: DDP keeps replicas identical,
+            # and the driver refuses to call a run finished if they are not.
+            self.board.post.remote({"kind": "final", "rank": self.rank, "step": self.step,
+                                    "weights_sha256": weights_digest(self.net.state_dict())})
+
+    def _train_to_the_end(self) -> bool:
+        """Step until the last step; False if stopped by a non-finite gradient (the driver reports it)."""
         progress = _Progress()
         while self.step < self.total_steps:
             try:
@@ -182,7 +197,7 @@ class _Worker:
                 self.board.post.remote({"kind": "samples", "rank": self.rank, "step": self.step + 1,
                                         "epoch": self.reader.state().epoch, "ids": batch.ids.tolist()})
             if not self._train_step(batch, progress):
-                return  # every rank saw the same non-finite gradient; the driver reports it
+                return False  # every rank saw the same non-finite gradient
             if self.step == (self.resumed_step or 0) + 1:
                 self._post(kind="first_step")
             if progress.log_steps >= self.job.train.log_every_n_steps:
@@ -191,10 +206,7 @@ class _Worker:
                 self._report_checkpoint({"step": self.step})
         if progress.epoch_rows:  # stopped by max_steps, or on an epoch's last batch
             self._end_epoch(progress)
-        # Every rank posts a digest of its weights: DDP keeps replicas identical,
-        # and the driver refuses to call a run finished if they are not.
-        self.board.post.remote({"kind": "final", "rank": self.rank, "step": self.step,
-                                "weights_sha256": weights_digest(self.net.state_dict())})
+        return True
 
     def _train_step(self, batch, progress: _Progress) -> bool:
         """One optimizer step on this rank's part of a global batch; False if gradients are not finite."""
@@ -365,21 +377,22 @@ class _Worker:
         )
         checkpoint.save(state, directory)
         step, samples = self.step, self.samples
+        uploaded = self.uploader.submit(
+            directory, name, on_done=lambda: self._post(kind="checkpoint", step=step, samples=samples, path=name)
+        )
 
-        def upload(local: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
-            destination = f"{self.run_path}/{dir_name}"
-            checkpoint.upload(local.path, self.storage_fs, destination)
-            self._post(kind="checkpoint", step=step, samples=samples, path=dir_name)
-            return ray.train.Checkpoint(destination, self.storage_fs)
+        def registered(_local: ray.train.Checkpoint, _name: str) -> ray.train.Checkpoint:
+            return ray.train.Checkpoint(uploaded.result(), self.storage_fs)
 
-        # Ray Train runs `upload` in a background thread, then registers the
-        # checkpoint and deletes the local copy; training goes on meanwhile.
+        # Our uploader makes the checkpoint durable at once. Ray Train registers it
+        # when its controller next polls; its single upload thread only waits for ours.
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(directory),
             checkpoint_dir_name=name,
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
-            checkpoint_upload_fn=upload,
+            checkpoint_upload_fn=registered,
+            delete_local_checkpoint_after_upload=False,
         )
 
     # -- helpers ------------------------------------------------------------

@@ -52,3 +52,19 @@ CONTROLLER_POLL_INTERVAL_S = Setting(
     "0.5",
     "Ray Train controller's poll of its workers (unless RAY_TRAIN_HEALTH_CHECK_INTERVAL_S is set).",
 )
+RAY_API_SERVER_ADDRESS = Setting(
+    "RAY_API_SERVER_ADDRESS", "", "Ray Jobs API (dashboard) URL for submit/status/logs/stop when --address is not given."
+)
+SUBMIT_CONNECT_TIMEOUT_S = Setting(
+    "ORCHESTRATOR_SUBMIT_CONNECT_TIMEOUT_S", "10", "How long `orchestrator submit` waits to reach the Jobs API."
+)
+SUBMIT_PENDING_TIMEOUT_S = Setting(
+    "ORCHESTRATOR_SUBMIT_PENDING_TIMEOUT_S",
+    "600",
+    "How long a submitted job may stay PENDING (uploading, installing its runtime env) before it is stopped.",
+)
+ALLOW_LOCAL_STORAGE = Setting(
+    "ORCHESTRATOR_ALLOW_LOCAL_STORAGE",
+    "0",
+    "1 declares that a plain storage path is shared by every node (an NFS mount), so multi-node runs may use it.",
+)

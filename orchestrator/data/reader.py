@@ -110,8 +110,10 @@ class ShardReader:
         label_dtype: str = "float32",
         holdout_fraction: float = 0.0,
         prefetch_batches: int = 4,
+        pin_memory: bool = False,
     ):
         self.index = index
+        self.pin_memory = pin_memory
         self.seed = seed
         self.batch_size = batch_size
         self.lanes = lanes
@@ -185,8 +187,9 @@ class ShardReader:
 
     def _gather(self, epoch_plan: EpochPlan, b: int, source: RowGroupSource, cache: dict) -> Batch:
         n, width = self.rows_per_batch, len(self.index.features)
-        features = torch.empty((n, width), dtype=torch.float32)
-        labels = torch.empty(n, dtype=getattr(torch, self.label_dtype))
+        # Pinned (page-locked) batches let the loop's non_blocking copies to a GPU overlap compute.
+        features = torch.empty((n, width), dtype=torch.float32, pin_memory=self.pin_memory)
+        labels = torch.empty(n, dtype=getattr(torch, self.label_dtype), pin_memory=self.pin_memory)
         ids = torch.empty(n, dtype=torch.int64)
         out_f, out_l, out_i = features.numpy(), labels.numpy(), ids.numpy()
         at = 0

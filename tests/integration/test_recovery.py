@@ -24,12 +24,16 @@ STEPS_PER_EPOCH = 28  # 7,200 training rows // 256
 
 
 def recovery_job(data_dir: str, storage: str) -> dict:
-    """Dropout, AdamW, a warmup-cosine schedule and clipping: everything a resume must restore."""
+    """Dropout, AdamW, a warmup-cosine schedule and clipping: everything a resume must restore.
+
+    The hidden layers are wide enough that a step takes milliseconds, so a kill
+    sent from the driver's progress callback lands within a step or two.
+    """
     return regression_job(
         data_dir,
         storage,
         name="recovery",
-        model={"kind": "mlp", "hidden": [16], "dropout": 0.2},
+        model={"kind": "mlp", "hidden": [512, 512], "dropout": 0.2},
         optim={"name": "adamw", "lr": 0.01, "weight_decay": 0.01},
         schedule={"name": "cosine", "warmup_steps": 5},
         train={"epochs": 3, "batch_size": 256, "seed": 7, "grad_clip": 1.0, "log_every_n_steps": 5},
@@ -72,6 +76,14 @@ def assert_identical(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), f"{name} differs"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prompt_progress():
+    """Relay the workers' records to the test every 20 ms, so kills follow them closely."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ORCHESTRATOR_PROGRESS_POLL_INTERVAL_S", "0.02")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +200,7 @@ def test_a_killed_driver_rerun_with_the_same_command_resumes_and_ends_bit_identi
 
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in driver.stdout:
-        if line.startswith("epoch 2/3"):
+        if line.startswith("epoch 1/3"):
             break
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=60)

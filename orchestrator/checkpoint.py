@@ -4,7 +4,8 @@ Owns the checkpoint format. A checkpoint describes itself:
 
     step-00000200/
         model.pt        the model's plain state_dict (usable on its own)
-        train_state.pt  optimizer, scheduler, data cursor, counters
+        train_state.pt  optimizer, scheduler, data cursor, counters, early-stopping state
+        metrics.parquet the run's metric history up to this step (tracking.HISTORY_COLUMNS)
         job.json        the resolved job file the run was started with
         manifest.json   format version, step, and size + sha256 of every file above
 
@@ -34,10 +35,11 @@ import pickle
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pyarrow.fs
+import pyarrow.parquet
 import torch
 
 from orchestrator.data.plan import Cursor
@@ -46,6 +48,7 @@ from orchestrator.errors import CheckpointError
 FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
+HISTORY_FILE = "metrics.parquet"
 JOB_FILE = "job.json"
 MANIFEST_FILE = "manifest.json"
 
@@ -62,6 +65,8 @@ class TrainState:
     samples: int  # training rows consumed, over all ranks
     world_size: int  # of the group that wrote it
     job: dict[str, Any]  # the resolved job file
+    history: pyarrow.Table  # every metric row up to `step` (tracking.HISTORY_SCHEMA)
+    stopping: dict[str, Any] = field(default_factory=dict)  # early-stopping state (best value, patience)
 
 
 def dir_name(step: int) -> str:
@@ -80,12 +85,16 @@ def save(state: TrainState, directory: str) -> None:
             "step": state.step,
             "samples": state.samples,
             "world_size": state.world_size,
+            "stopping": state.stopping,
         },
         os.path.join(directory, STATE_FILE),
     )
+    pyarrow.parquet.write_table(state.history, os.path.join(directory, HISTORY_FILE))
     with open(os.path.join(directory, JOB_FILE), "w") as f:
         json.dump(state.job, f, indent=2, sort_keys=True)
-    files = {name: _describe(os.path.join(directory, name)) for name in (MODEL_FILE, STATE_FILE, JOB_FILE)}
+    files = {
+        name: _describe(os.path.join(directory, name)) for name in (MODEL_FILE, STATE_FILE, HISTORY_FILE, JOB_FILE)
+    }
     manifest = {"format_version": FORMAT_VERSION, "step": state.step, "files": files}
     with open(os.path.join(directory, MANIFEST_FILE), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
@@ -136,20 +145,47 @@ def load(directory: str) -> TrainState:
         samples=int(state["samples"]),
         world_size=int(state["world_size"]),
         job=job,
+        history=pyarrow.parquet.read_table(os.path.join(directory, HISTORY_FILE)),
+        stopping=dict(state.get("stopping", {})),
     )
 
 
 _DIR_NAME = re.compile(r"^step-(\d{8,})$")
+_BEST_NAME = re.compile(r"^best-(\d{8,})$")
 
 
-def newest_first(fs: pyarrow.fs.FileSystem, run_path: str) -> list[str]:
-    """Names of the checkpoint directories in a run folder, highest step first (complete or not)."""
+def best_dir_name(step: int) -> str:
+    """The name of the copy of the best checkpoint (taken at `step`) kept apart from retention."""
+    return f"best-{step:08d}"
+
+
+def newest_best(fs: pyarrow.fs.FileSystem, run_path: str) -> str | None:
+    """The newest complete best-* copy in a run folder, or None."""
+    for name in _names(fs, run_path, _BEST_NAME):
+        if peek(fs, f"{run_path}/{name}") is not None:
+            return name
+    return None
+
+
+def remove_bests_except(fs: pyarrow.fs.FileSystem, run_path: str, keep: str) -> None:
+    """Delete every best-* copy but `keep` (called once `keep` is complete in storage)."""
+    for name in _names(fs, run_path, _BEST_NAME):
+        if name != keep:
+            fs.delete_dir(f"{run_path}/{name}")
+
+
+def _names(fs: pyarrow.fs.FileSystem, run_path: str, pattern: re.Pattern) -> list[str]:
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(run_path, allow_not_found=True))
     except FileNotFoundError:
         return []
-    names = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory and _DIR_NAME.match(i.base_name)]
-    return sorted(names, key=lambda name: int(_DIR_NAME.match(name).group(1)), reverse=True)
+    names = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory and pattern.match(i.base_name)]
+    return sorted(names, key=lambda name: int(pattern.match(name).group(1)), reverse=True)
+
+
+def newest_first(fs: pyarrow.fs.FileSystem, run_path: str) -> list[str]:
+    """Names of the checkpoint directories in a run folder, highest step first (complete or not)."""
+    return _names(fs, run_path, _DIR_NAME)
 
 
 def upload(local_directory: str, fs: pyarrow.fs.FileSystem, destination: str) -> None:
@@ -180,8 +216,13 @@ class Uploader:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-upload")
         self._futures: list[concurrent.futures.Future] = []
 
-    def submit(self, local_directory: str, name: str, on_done=lambda: None) -> concurrent.futures.Future:
-        """Queue the upload of `local_directory` as `<run>/<name>`; the future resolves to its storage path."""
+    def submit(
+        self, local_directory: str, name: str, on_done=lambda: None, keep_local: bool = False
+    ) -> concurrent.futures.Future:
+        """Queue the upload of `local_directory` as `<run>/<name>`; the future resolves to its storage path.
+
+        The local copy is deleted afterwards unless `keep_local` (to upload it again under another name).
+        """
         self._futures = [f for f in self._futures if not f.done()]
         while len(self._futures) >= self.max_pending:
             self._futures.pop(0).result()
@@ -189,7 +230,8 @@ class Uploader:
         def work() -> str:
             destination = f"{self.run_path}/{name}"
             upload(local_directory, self.fs, destination)
-            shutil.rmtree(local_directory, ignore_errors=True)
+            if not keep_local:
+                shutil.rmtree(local_directory, ignore_errors=True)
             on_done()
             return destination
 

@@ -30,7 +30,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from orchestrator import checkpoint, models, optim, spec
+from orchestrator import checkpoint, models, optim, spec, stopping, tracking
 from orchestrator.data.reader import EndOfEpoch, ShardReader, validation_batches
 from orchestrator.errors import CheckpointError
 
@@ -39,11 +39,10 @@ _VALIDATION_BATCH_ROWS = 8192
 
 @dataclass
 class _Progress:
-    """Counters since the last log point and over the current epoch (local to this rank)."""
+    """What this rank trained since the last log point and over the current epoch."""
 
-    log_loss: float = 0.0
-    log_rows: int = 0
-    log_steps: int = 0
+    step_losses: list[float] = field(default_factory=list)  # this rank's loss sum of each step
+    step_lrs: list[float] = field(default_factory=list)  # the learning rate each step used
     log_started: float = field(default_factory=time.perf_counter)
     epoch_loss: float = 0.0
     epoch_rows: int = 0
@@ -76,7 +75,6 @@ class _Worker:
         self.board, self.rank, self.world, self.device = board, rank, world, device
         self.holdout = job.data.validation if isinstance(job.data.validation, float) else 0.0
         self.per_row_loss = models.per_row_loss(job.loss)
-        self.classification = job.loss.name in models.CLASSIFICATION_LOSSES
 
         # Identical initial weights on every rank (DDP also broadcasts rank 0's).
         torch.manual_seed(job.train.seed)
@@ -101,6 +99,8 @@ class _Worker:
         self.storage_fs, self.run_path = storage.storage_filesystem, storage.experiment_fs_path
         self.uploader = checkpoint.Uploader(self.storage_fs, self.run_path)
         self.preemption_saved = False
+        self.history = tracking.History()
+        self.stopping = stopping.StoppingState()
         self.last_checkpoint_step = 0
         self.last_checkpoint_time = time.monotonic()
         self.resumed_step = self._restore()
@@ -140,6 +140,8 @@ class _Worker:
             return None
         with checkpoint.local_copy(self.storage_fs, f"{self.run_path}/{chosen}") as directory:
             state = checkpoint.load(directory)
+        self.history = tracking.History(state.history)
+        self.stopping = stopping.StoppingState(**state.stopping) if state.stopping else stopping.StoppingState()
         self.net.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
@@ -184,7 +186,7 @@ class _Worker:
     def _train_to_the_end(self) -> bool:
         """Step until the last step; False if stopped by a non-finite gradient (the driver reports it)."""
         progress = _Progress()
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and self.stopping.stopped_at_step is None:
             try:
                 batch = self.reader.next_batch()
             except EndOfEpoch:
@@ -200,9 +202,13 @@ class _Worker:
                 return False  # every rank saw the same non-finite gradient
             if self.step == (self.resumed_step or 0) + 1:
                 self._post(kind="first_step")
-            if progress.log_steps >= self.job.train.log_every_n_steps:
-                self._log(progress)
-            elif self._step_checkpoint_due():
+            # On an epoch's last step the epoch-end checkpoint follows at once and
+            # holds everything (epoch metrics, early-stopping state): the others wait for it.
+            epoch_end_follows = (self.reader.state().batch == self.batches_per_epoch
+                                 or self.step == self.total_steps)
+            if len(progress.step_losses) >= self.job.train.log_every_n_steps:
+                self._log(progress, checkpoint_allowed=not epoch_end_follows)
+            elif self._step_checkpoint_due() and not epoch_end_follows:
                 self._report_checkpoint({"step": self.step})
         if progress.epoch_rows:  # stopped by max_steps, or on an epoch's last batch
             self._end_epoch(progress)
@@ -233,70 +239,74 @@ class _Worker:
             return False
         if self.job.train.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(parameters, self.job.train.grad_clip, norm)
+        progress.step_lrs.append(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
         self.samples += self.job.train.batch_size
-        loss_value = float(loss_sum)
-        progress.log_loss += loss_value
-        progress.epoch_loss += loss_value
-        progress.log_rows += len(batch)
+        progress.step_losses.append(float(loss_sum))
+        progress.epoch_loss += progress.step_losses[-1]
         progress.epoch_rows += len(batch)
-        progress.log_steps += 1
         return True
 
-    def _log(self, progress: _Progress) -> None:
-        """Reduce the train loss since the last log point across ranks; post it; maybe checkpoint."""
+    def _log(self, progress: _Progress, checkpoint_allowed: bool = True) -> None:
+        """Reduce each step's train loss since the last log point across ranks; record, post, maybe checkpoint."""
         due = 1.0 if self.rank == 0 and self._time_checkpoint_due() else 0.0
-        loss, rows, due = _all_reduce_sum([progress.log_loss, progress.log_rows, due], self.device)
-        elapsed = time.perf_counter() - progress.log_started
-        self._post(
-            kind="log",
-            step=self.step,
-            epoch=self.reader.state().epoch,
-            samples=self.samples,
-            loss=loss / max(rows, 1),
-            lr=self.scheduler.get_last_lr()[0],
-            samples_per_s=round(progress.log_steps * self.job.train.batch_size / max(elapsed, 1e-9), 1),
-        )
-        progress.log_loss, progress.log_rows, progress.log_steps = 0.0, 0, 0
-        progress.log_started = time.perf_counter()
-        if due or self._step_checkpoint_due() or self._preempted():
+        # One collective per log point carries every step's loss and rank 0's timer verdict.
+        *loss_sums, due = _all_reduce_sum([*progress.step_losses, due], self.device)
+        batch, now = self.job.train.batch_size, time.time()
+        epoch, first = self._epoch_in_progress(), self.step - len(loss_sums) + 1
+        rows = []
+        for offset, (loss_sum, lr) in enumerate(zip(loss_sums, progress.step_lrs)):
+            rows += self.history.add(first + offset, epoch, {"train/loss": loss_sum / batch, "train/lr": lr}, now)
+        rate = len(loss_sums) * batch / max(time.perf_counter() - progress.log_started, 1e-9)
+        rows += self.history.add(self.step, epoch, {"train/samples_per_s": rate}, now)
+        self._post(kind="log", step=self.step, epoch=epoch, samples=self.samples, rows=rows,
+                   loss=sum(loss_sums) / (batch * len(loss_sums)), lr=progress.step_lrs[-1],
+                   samples_per_s=round(rate, 1), steps_per_epoch=self.batches_per_epoch,
+                   total_steps=self.total_steps)
+        progress.step_losses, progress.step_lrs, progress.log_started = [], [], time.perf_counter()
+        if checkpoint_allowed and (due or self._step_checkpoint_due() or self._preempted()):
             self._report_checkpoint({"step": self.step})
 
+    def _epoch_in_progress(self) -> int:
+        cursor = self.reader.state()  # after an epoch's last batch the cursor is already at the next one
+        return cursor.epoch - 1 if cursor.batch == 0 else cursor.epoch
+
     def _end_epoch(self, progress: _Progress) -> None:
-        """Validate, post the epoch's metrics and report a checkpoint (all ranks together)."""
-        cursor = self.reader.state()
-        epoch = cursor.epoch - 1 if cursor.batch == 0 else cursor.epoch
+        """Validate, record the epoch's metrics, maybe stop early, report a checkpoint (all ranks together)."""
+        if progress.step_losses:
+            self._log(progress, checkpoint_allowed=False)  # every step's loss is recorded before the epoch's row
+        cursor, epoch = self.reader.state(), self._epoch_in_progress()
         complete = cursor.batch in (0, self.batches_per_epoch)
         loss, rows = _all_reduce_sum([progress.epoch_loss, progress.epoch_rows], self.device)
-        elapsed = time.perf_counter() - progress.epoch_started
         train_metrics = {"loss": loss / max(rows, 1)}
         validation = self._validate()
-        self._post(
-            kind="epoch",
-            epoch=epoch,
-            complete=complete,
-            step=self.step,
-            samples=self.samples,
-            train=train_metrics,
-            validation=validation,
-            samples_per_s=round(rows / max(elapsed, 1e-9), 1),
-            dropped_rows=self.dropped_rows,
-        )
+        rate = rows / max(time.perf_counter() - progress.epoch_started, 1e-9)
+        values = {"epoch/train_loss": train_metrics["loss"], "epoch/samples_per_s": rate}
+        values.update({f"val/{name}": value for name, value in validation.items()})
+        history_rows = self.history.add(self.step, epoch, values, time.time())
+        verdict = None
+        if self.job.early_stopping:
+            value = stopping.metric_value(self.job.early_stopping.metric, train_metrics, validation)
+            verdict = stopping.update(self.job.early_stopping, self.stopping, value, self.step, epoch)
+        self._post(kind="epoch", epoch=epoch, complete=complete, step=self.step, samples=self.samples,
+                   train=train_metrics, validation=validation, samples_per_s=round(rate, 1),
+                   dropped_rows=self.dropped_rows, rows=history_rows,
+                   stopping=self.stopping.to_dict() if verdict else None)
         metrics = {"step": self.step, "epoch": epoch, "train_loss": train_metrics["loss"]}
         metrics.update({f"val_{k}": v for k, v in validation.items()})
-        self._report_checkpoint(metrics)
+        self._report_checkpoint(metrics, best=bool(verdict and verdict.improved))
+        if verdict and verdict.stop:
+            self._post(kind="stopped_early", step=self.step, epoch=epoch, **self.stopping.to_dict())
 
     def _validate(self) -> dict[str, float]:
         """Validation metrics over every validation row, reduced across all ranks."""
         source = self.validation_index or (self.index if self.holdout else None)
         if source is None:
             return {}
-        net = self.net
-        net.eval()
-        # [loss sum, rows, correct, sum y, sum y², squared error]
+        self.net.eval()
         totals = torch.zeros(6, dtype=torch.float64)
         with torch.no_grad(), self._autocast():
             for batch in validation_batches(
@@ -307,28 +317,10 @@ class _Worker:
                 holdout_fraction=None if self.validation_index else self.holdout,
                 label_dtype=models.label_dtype(self.job.loss),
             ):
-                outputs = net(batch.features.to(self.device)).float().cpu()
-                labels = batch.labels
-                totals[0] += self.per_row_loss(outputs, labels).sum().double()
-                totals[1] += len(batch)
-                if self.classification:
-                    totals[2] += models.correct_predictions(self.job.loss, outputs, labels).double()
-                else:
-                    y = labels.double()
-                    totals[3] += y.sum()
-                    totals[4] += (y * y).sum()
-                    totals[5] += ((outputs.squeeze(-1).double() - y) ** 2).sum()
-        net.train()
-        loss, rows, correct, sum_y, sum_y2, sse = _all_reduce_sum(totals.tolist(), self.device)
-        if rows == 0:
-            return {}
-        metrics = {"loss": loss / rows}
-        if self.classification:
-            metrics["accuracy"] = correct / rows
-        else:
-            total_variance = sum_y2 - sum_y * sum_y / rows
-            metrics["r2"] = 1.0 - sse / total_variance if total_variance > 0 else float("nan")
-        return metrics
+                outputs = self.net(batch.features.to(self.device))
+                totals += models.evaluation_totals(self.job.loss, outputs, batch.labels)
+        self.net.train()
+        return models.evaluation_metrics(self.job.loss, _all_reduce_sum(totals.tolist(), self.device))
 
     # -- checkpoints --------------------------------------------------------
 
@@ -354,8 +346,12 @@ class _Worker:
                    f"(ranks {info.preempted_ranks}); taking a checkpoint now at step {self.step}")
         return True
 
-    def _report_checkpoint(self, metrics: dict) -> None:
-        """Report a checkpoint of the current state through Ray Train (rank 0 writes it)."""
+    def _report_checkpoint(self, metrics: dict, best: bool = False) -> None:
+        """Report a checkpoint of the current state through Ray Train (rank 0 writes it).
+
+        With `best`, rank 0 also uploads it as best-<step>, a copy Ray Train's
+        retention never deletes, for early stopping's export of the best model.
+        """
         if self.step == self.last_checkpoint_step:
             return
         self.last_checkpoint_step, self.last_checkpoint_time = self.step, time.monotonic()
@@ -374,12 +370,23 @@ class _Worker:
             samples=self.samples,
             world_size=self.world,
             job=self.job.to_dict(),
+            history=self.history.table(),
+            stopping=self.stopping.to_dict(),
         )
         checkpoint.save(state, directory)
         step, samples = self.step, self.samples
         uploaded = self.uploader.submit(
-            directory, name, on_done=lambda: self._post(kind="checkpoint", step=step, samples=samples, path=name)
+            directory, name, keep_local=best,
+            on_done=lambda: self._post(kind="checkpoint", step=step, samples=samples, path=name),
         )
+        if best:
+            best_name = checkpoint.best_dir_name(step)
+
+            def keep_only_this_best() -> None:
+                checkpoint.remove_bests_except(self.storage_fs, self.run_path, best_name)
+                self._post(kind="best", step=step, path=best_name)
+
+            self.uploader.submit(directory, best_name, on_done=keep_only_this_best)
 
         def registered(_local: ray.train.Checkpoint, _name: str) -> ray.train.Checkpoint:
             return ray.train.Checkpoint(uploaded.result(), self.storage_fs)

@@ -88,3 +88,36 @@ def correct_predictions(loss: LossSpec, outputs: torch.Tensor, labels: torch.Ten
     if loss.name == "cross_entropy":
         return (outputs.argmax(dim=-1) == labels).sum()
     return ((outputs.squeeze(-1) > 0).to(labels.dtype) == labels).sum()
+
+
+def evaluation_totals(loss: LossSpec, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sums over one batch that metrics are computed from (float64, on the CPU).
+
+    [loss sum, rows, correct, sum y, sum y², squared error]: add them up over
+    batches (and over ranks), then `evaluation_metrics` turns them into metrics.
+    """
+    outputs, labels = outputs.float().cpu(), labels.cpu()
+    totals = torch.zeros(6, dtype=torch.float64)
+    totals[0] = per_row_loss(loss)(outputs, labels).sum().double()
+    totals[1] = len(labels)
+    if loss.name in CLASSIFICATION_LOSSES:
+        totals[2] = correct_predictions(loss, outputs, labels).double()
+    else:
+        y = labels.double()
+        totals[3], totals[4] = y.sum(), (y * y).sum()
+        totals[5] = ((outputs.squeeze(-1).double() - y) ** 2).sum()
+    return totals
+
+
+def evaluation_metrics(loss: LossSpec, totals: list[float]) -> dict[str, float]:
+    """Mean loss, plus accuracy for classification or R² for regression; {} when there were no rows."""
+    loss_sum, rows, correct, sum_y, sum_y2, squared_error = totals
+    if rows == 0:
+        return {}
+    metrics = {"loss": loss_sum / rows}
+    if loss.name in CLASSIFICATION_LOSSES:
+        metrics["accuracy"] = correct / rows
+    else:
+        total_variance = sum_y2 - sum_y * sum_y / rows
+        metrics["r2"] = 1.0 - squared_error / total_variance if total_variance > 0 else float("nan")
+    return metrics

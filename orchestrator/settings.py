@@ -68,3 +68,6 @@ ALLOW_LOCAL_STORAGE = Setting(
     "0",
     "1 declares that a plain storage path is shared by every node (an NFS mount), so multi-node runs may use it.",
 )
+PLAIN_PROGRESS_INTERVAL_S = Setting(
+    "ORCHESTRATOR_PLAIN_PROGRESS_INTERVAL_S", "30", "How often a run not on a terminal prints a progress line."
+)

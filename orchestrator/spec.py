@@ -31,7 +31,7 @@ from orchestrator.errors import SpecError
 
 __all__ = [
     "DataSpec", "ModelSpec", "LossSpec", "OptimSpec", "ScheduleSpec", "TrainSpec", "ScalingSpec",
-    "GenerateSpec", "FaultInjection", "CheckpointSpec", "FailureSpec", "JobSpec", "load", "from_dict", "apply_overrides",
+    "GenerateSpec", "EarlyStoppingSpec", "TrackingSpec", "FaultInjection", "CheckpointSpec", "FailureSpec", "JobSpec", "load", "from_dict", "apply_overrides",
 ]
 
 BUILTIN_MODELS = ("linear", "logistic", "mlp")
@@ -187,6 +187,31 @@ class FailureSpec:
 
 
 @dataclass(frozen=True)
+class EarlyStoppingSpec:
+    """Stop when a validation metric has not improved for `patience` epochs (all ranks together)."""
+
+    metric: str = "val_loss"  # val_loss | val_accuracy | val_r2 | train_loss
+    patience: int = 3  # epochs without an improvement of more than min_delta
+    min_delta: float = 0.0  # smallest change that counts as an improvement
+    mode: str | None = None  # min | max; None = max for accuracy and r2, min for losses
+    export: str = "best"  # which checkpoint becomes model.pt: best | last
+
+    @property
+    def maximize(self) -> bool:
+        return self.mode == "max" if self.mode else self.metric in ("val_accuracy", "val_r2")
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    """Where metrics go besides the run folder (nothing else by default)."""
+
+    tensorboard: bool = False  # event files under <run folder>/tensorboard
+    mlflow: bool = False  # log params and metrics to MLflow (pip install mlflow)
+    mlflow_tracking_uri: str | None = None  # None = MLFLOW_TRACKING_URI or MLflow's default
+    mlflow_experiment: str | None = None  # None = the job's name
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """One validated job file. Build it with `load` or `from_dict`, not by hand."""
 
@@ -201,6 +226,8 @@ class JobSpec:
     checkpoint: CheckpointSpec
     failure: FailureSpec
     storage: str = "./runs"  # path or fsspec URL where runs are written
+    early_stopping: EarlyStoppingSpec | None = None  # absent = train to the end
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain dicts, lists and scalars; `from_dict(spec.to_dict()) == spec`."""
@@ -587,6 +614,27 @@ def _failure(f: _Fields) -> FailureSpec:
     return FailureSpec(max_failures=max_failures, inject=rehearsal)
 
 
+def _early_stopping(f: _Fields) -> EarlyStoppingSpec | None:
+    if not f.raw:
+        return None
+    return EarlyStoppingSpec(
+        metric=f.choice("metric", "val_loss", ("val_loss", "val_accuracy", "val_r2", "train_loss"), "metric"),
+        patience=f.int("patience", 3, min=1),
+        min_delta=f.float("min_delta", 0.0, min=0),
+        mode=f.value("mode", None, lambda v: _choice(v, ("min", "max"), "mode")),
+        export=f.choice("export", "best", ("best", "last"), "export"),
+    )
+
+
+def _tracking(f: _Fields) -> TrackingSpec:
+    return TrackingSpec(
+        tensorboard=f.bool("tensorboard", False),
+        mlflow=f.bool("mlflow", False),
+        mlflow_tracking_uri=f.value("mlflow_tracking_uri", None, _as_str),
+        mlflow_experiment=f.value("mlflow_experiment", None, _as_str),
+    )
+
+
 # section → (builder, required, what it needs when missing, accepts the `section: name` shorthand)
 _SECTIONS: dict[str, tuple[Callable[[_Fields], Any], bool, str, bool]] = {
     "data": (_data, True, "where the Parquet data is and which column is the label", False),
@@ -598,6 +646,8 @@ _SECTIONS: dict[str, tuple[Callable[[_Fields], Any], bool, str, bool]] = {
     "scaling": (_scaling, False, "", False),
     "checkpoint": (_checkpoint, False, "", False),
     "failure": (_failure, False, "", False),
+    "early_stopping": (_early_stopping, False, "", False),
+    "tracking": (_tracking, False, "", False),
 }
 
 
@@ -636,6 +686,17 @@ def _check_across(p: dict[str, Any], r: _Report) -> None:
             r.add("train.batch_size", f"{train.batch_size} rows cannot fill {most} workers x "
                                       f"{train.grad_accum_steps} accumulation steps: raise it to at least "
                                       f"{most * train.grad_accum_steps} or lower train.grad_accum_steps")
+    stopping = p["early_stopping"]
+    if stopping and data and r.ok("early_stopping.metric", "data.validation") and \
+            stopping.metric.startswith("val_") and data.validation is None:
+        r.add("early_stopping.metric", f"'{stopping.metric}' needs validation data: set data.validation "
+                                       "(a fraction to hold out, or a path)")
+    if stopping and loss and r.ok("early_stopping.metric", "loss.name"):
+        classification = loss.name in ("cross_entropy", "bce")
+        if (stopping.metric == "val_accuracy" and not classification) or \
+                (stopping.metric == "val_r2" and classification):
+            r.add("early_stopping.metric", f"'{stopping.metric}' is not computed for loss '{loss.name}' "
+                                           "(val_accuracy for cross_entropy/bce, val_r2 otherwise)")
     if failure and failure.inject and r.ok("failure.inject.rank") and failure.inject.rank >= most:
         r.add("failure.inject.rank", f"{failure.inject.rank} is not a worker rank: scaling.workers allows "
                                      f"at most {most} workers (ranks 0..{most - 1})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -10,7 +11,7 @@ import pyarrow.fs
 import pytest
 import torch
 
-from orchestrator import checkpoint
+from orchestrator import checkpoint, tracking
 from orchestrator.data.plan import Cursor
 from orchestrator.errors import CheckpointError
 
@@ -30,6 +31,8 @@ def make_state(step: int = 40) -> checkpoint.TrainState:
         samples=step * 256,
         world_size=2,
         job={"name": "x", "train": {"seed": 0}},
+        history=tracking.History().table(),
+        stopping={"best_value": 0.5, "best_step": step},
     )
 
 
@@ -49,6 +52,19 @@ def test_a_saved_checkpoint_loads_back_exactly(tmp_path):
     exp_avg = loaded.optimizer["state"][0]["exp_avg"]
     assert torch.equal(exp_avg, state.optimizer["state"][0]["exp_avg"])
     assert loaded.job == {"name": "x", "train": {"seed": 0}}
+    assert loaded.stopping == {"best_value": 0.5, "best_step": 40}
+
+
+def test_the_metric_history_travels_in_the_checkpoint(tmp_path):
+    history = tracking.History()
+    history.add(1, 0, {"train/loss": 2.0, "train/lr": 0.1}, 100.0)
+    history.add(2, 0, {"train/loss": 1.5, "train/lr": 0.1, "val/loss": 1.7}, 101.0)
+    directory = tmp_path / "step-00000002"
+    directory.mkdir()
+    checkpoint.save(dataclasses.replace(make_state(2), history=history.table()), str(directory))
+    loaded = checkpoint.load(str(directory)).history
+    assert loaded.schema == tracking.HISTORY_SCHEMA
+    assert loaded.to_pylist() == history.table().to_pylist()
 
 
 def test_model_pt_is_a_plain_state_dict_loadable_with_weights_only(tmp_path):

@@ -1,0 +1,102 @@
+"""What a person watching `orchestrator run` sees while it trains.
+
+Owns the live display on the driver: on a terminal, a progress bar of the
+epoch with step, loss, samples/s and ETA, rewritten in place; elsewhere (CI,
+`ray job logs`) a plain line every PLAIN_PROGRESS_INTERVAL_S. Epoch ends,
+restarts (with their cause), resumes, early stopping and warnings are one
+permanent line each. It only formats records; it knows nothing of training.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from orchestrator import settings
+from orchestrator.spec import JobSpec
+
+
+class ProgressPrinter:
+    """Called with every progress record (see tracking.py) in the order they arrive."""
+
+    def __init__(self, job: JobSpec, verbose: bool = False, out: TextIO = sys.stdout):
+        self.job, self.verbose, self.out = job, verbose, out
+        self.tty = out.isatty()
+        self.starts = 0
+        self.cause: str | None = None
+        self.bar_shown = False
+        self.last_plain = 0.0
+
+    def __call__(self, record: dict) -> None:
+        handler = getattr(self, f"_on_{record['kind']}", None)
+        if handler:
+            handler(record)
+
+    def _line(self, text: str, stream: TextIO | None = None) -> None:
+        if self.bar_shown:
+            self.out.write("\r\033[K")
+            self.bar_shown = False
+        print(text, file=stream or self.out, flush=True)
+
+    def _on_resume(self, r: dict) -> None:
+        self._line(f"resuming {self.job.name} from its checkpoint at step {r['step']} ({r['checkpoint']})")
+
+    def _on_already_complete(self, r: dict) -> None:
+        self._line(f"{self.job.name} is already complete ({r['step']} steps); pass --fresh to train it again")
+
+    def _on_warning(self, r: dict) -> None:
+        self._line(f"warning: {r['message']}", sys.stderr if not self.tty else None)
+
+    def _on_failure(self, r: dict) -> None:
+        self.cause = "; ".join(f"rank {rank} failed ({cause})" for rank, cause in sorted(r["causes"].items()))
+
+    def _on_start(self, r: dict) -> None:
+        self.starts += 1
+        if self.starts == 1:
+            return
+        resumed = r["resumed_step"]
+        where = f"from step {resumed}" if resumed is not None else "from the start"
+        cause = self.cause or "the worker group restarted"
+        self._line(f"{cause}; resuming {where} with {r['world_size']} worker(s)")
+        self.cause = None
+
+    def _on_epoch(self, r: dict) -> None:
+        total = f"/{self.job.train.epochs}" if self.job.train.epochs else ""
+        partial = "" if r["complete"] else " (partial)"
+        metrics = format_metrics("train", r["train"]) + format_metrics("val", r["validation"])
+        self._line(f"epoch {r['epoch'] + 1}{total}{partial}  step {r['step']}  {metrics}"
+                   f"{r['samples_per_s']:,.0f} samples/s")
+
+    def _on_stopped_early(self, r: dict) -> None:
+        spec = self.job.early_stopping
+        self._line(f"early stopping after epoch {r['epoch'] + 1} (step {r['step']}): "
+                   f"{spec.metric} has not improved for {spec.patience} epoch(s); best {r['best_value']:.4g} "
+                   f"at epoch {r['best_epoch'] + 1} (step {r['best_step']})")
+
+    def _on_log(self, r: dict) -> None:
+        steps_per_s = r["samples_per_s"] / self.job.train.batch_size
+        eta = (r["total_steps"] - r["step"]) / steps_per_s if steps_per_s > 0 else 0.0
+        status = (f"step {r['step']}/{r['total_steps']}  loss {r['loss']:.4g}  "
+                  f"{r['samples_per_s']:,.0f} samples/s  ETA {_clock(eta)}")
+        if self.tty and not self.verbose:
+            done = (r["step"] - r["epoch"] * r["steps_per_epoch"]) / max(r["steps_per_epoch"], 1)
+            filled = int(20 * min(max(done, 0.0), 1.0))
+            total = f"/{self.job.train.epochs}" if self.job.train.epochs else ""
+            self.out.write(f"\r\033[Kepoch {r['epoch'] + 1}{total} [{'#' * filled}{'.' * (20 - filled)}] {status}")
+            self.out.flush()
+            self.bar_shown = True
+        elif self.verbose or time.monotonic() - self.last_plain >= settings.PLAIN_PROGRESS_INTERVAL_S.get_float():
+            self.last_plain = time.monotonic()
+            self._line(f"  {status}  lr {r['lr']:.3g}")
+
+
+def format_metrics(prefix: str, metrics: dict) -> str:
+    """'val loss 0.01  val r2 0.99  ' for a metrics dict."""
+    return "".join(f"{prefix} {name} {value:.4g}  " for name, value in metrics.items())
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,0 +1,90 @@
+"""Pure tracking pieces: the stopping rule, the fit reading, progress lines, the relay's dedup."""
+
+from __future__ import annotations
+
+import io
+
+from orchestrator import spec, stopping, tracking
+from orchestrator.progress import ProgressPrinter
+from tests.conftest import regression_job
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement():
+    rule = spec.EarlyStoppingSpec(metric="val_loss", patience=2, min_delta=0.01)
+    state = stopping.StoppingState()
+    verdicts = [stopping.update(rule, state, value, step=10 * i, epoch=i)
+                for i, value in enumerate([1.0, 0.5, 0.495, 0.6])]
+    assert [v.improved for v in verdicts] == [True, True, False, False]
+    assert [v.stop for v in verdicts] == [False, False, False, True]
+    assert (state.best_value, state.best_epoch, state.stopped_at_step) == (0.5, 1, 30)
+
+
+def test_accuracy_is_maximized_unless_told_otherwise():
+    assert spec.EarlyStoppingSpec(metric="val_accuracy").maximize
+    assert not spec.EarlyStoppingSpec(metric="val_loss").maximize
+    assert not spec.EarlyStoppingSpec(metric="val_accuracy", mode="min").maximize
+
+
+def epoch(i, train, val):
+    return {"kind": "epoch", "epoch": i, "train": {"loss": train}, "validation": {"loss": val}}
+
+
+def test_the_fit_reading_names_overfitting_and_where_validation_stopped_improving():
+    fit = tracking.fit_diagnosis([epoch(0, 1.0, 1.1), epoch(1, 0.5, 0.6), epoch(2, 0.3, 0.7), epoch(3, 0.2, 0.8)])
+    assert fit["best_validation_epoch"] == 2
+    assert fit["reading"].startswith("overfitting") and abs(fit["gap"] - 0.6) < 1e-9
+    still = tracking.fit_diagnosis([epoch(0, 1.0, 1.1), epoch(1, 0.5, 0.6)])
+    assert still["reading"].startswith("still improving")
+
+
+def printed(records, job=None) -> str:
+    out = io.StringIO()
+    printer = ProgressPrinter(job or spec.from_dict(regression_job("d", "s")), out=out)
+    for record in records:
+        printer(record)
+    return out.getvalue()
+
+
+def test_a_restart_is_one_line_naming_the_cause_and_where_training_resumes():
+    text = printed([
+        {"kind": "start", "world_size": 2, "resumed_step": None},
+        {"kind": "failure", "causes": {1: "ActorDiedError: the actor died"}},
+        {"kind": "start", "world_size": 2, "resumed_step": 400},
+    ])
+    assert text.strip() == "rank 1 failed (ActorDiedError: the actor died); resuming from step 400 with 2 worker(s)"
+
+
+def test_epochs_print_one_line_each_with_train_and_validation_metrics():
+    text = printed([{"kind": "epoch", "epoch": 0, "complete": True, "step": 28, "train": {"loss": 0.5},
+                     "validation": {"loss": 0.6, "r2": 0.9}, "samples_per_s": 12345.0}])
+    assert text.strip() == "epoch 1/3  step 28  train loss 0.5  val loss 0.6  val r2 0.9  12,345 samples/s"
+
+
+class Collecting:
+    def __init__(self):
+        self.rows = []
+
+    def log(self, rows):
+        self.rows += rows
+
+    def close(self):
+        pass
+
+
+class Broken:
+    def log(self, rows):
+        raise ConnectionError("tracker unreachable")
+
+    def close(self):
+        pass
+
+
+def test_the_relay_never_lets_a_metric_step_rewind_and_survives_a_broken_exporter():
+    meta = tracking.run_metadata({"name": "x"}, None, {}, None)
+    collecting, seen = Collecting(), []
+    relay = tracking.Relay(meta, [collecting, Broken()], seen.append)
+    row = lambda step: {"step": step, "epoch": 0, "name": "train/loss", "value": 1.0 / step, "time": 0.0}  # noqa: E731
+    relay({"kind": "log", "rows": [row(1), row(2)]})
+    relay({"kind": "log", "rows": [row(2), row(3)]})  # step 2 replayed after a restart
+    assert [r["step"] for r in collecting.rows] == [1, 2, 3]
+    assert any(r["kind"] == "warning" and "tracker unreachable" in r["message"] for r in seen)

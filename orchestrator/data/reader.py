@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from orchestrator import settings, storage
 from orchestrator.data import plan as planning
 from orchestrator.data.plan import Cursor, EpochPlan
 from orchestrator.data.source import DatasetIndex
@@ -59,14 +61,22 @@ class RowGroupSource:
         self.index = index
         self.columns = [*index.features, index.label]
         self.label_dtype = np.dtype(label_dtype)
-        self._fs = index.filesystem()
+        self._local = storage.is_local(index.url)
+        self._fs = index.filesystem() if self._local else storage.fsspec_filesystem(index.url)[0]
         self._files: dict[int, pq.ParquetFile] = {}
 
     def _file(self, file: int) -> pq.ParquetFile:
         if file not in self._files:
             if len(self._files) >= _OPEN_FILES:
                 self._files.pop(next(iter(self._files))).close()
-            self._files[file] = pq.ParquetFile(self._fs.open_input_file(self.index.files[file]))
+            path = self.index.files[file]
+            if self._local:
+                handle = self._fs.open_input_file(path)
+            else:  # remote: large read-ahead blocks instead of many small range requests
+                block = settings.REMOTE_BLOCK_SIZE_MB.get_int() << 20
+                handle = pa.PythonFile(self._fs.open(path, "rb", block_size=block, cache_type="readahead"), mode="r")
+            # pre_buffer coalesces the projected column chunks of a row group into few reads.
+            self._files[file] = pq.ParquetFile(handle, pre_buffer=True)
         return self._files[file]
 
     def read(self, position: int, rows: np.ndarray | None) -> _Decoded:

@@ -103,3 +103,16 @@ def test_a_separate_validation_dataset_is_read_whole(index):
         for i in batch.ids.tolist()
     ]
     assert sorted(seen) == list(range(index.num_rows))
+
+
+def test_a_remote_fsspec_dataset_is_read_through_read_ahead_blocks():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    with fs.open("/reader-remote/a.parquet", "wb") as f:
+        pq.write_table(pa.table({"x": np.arange(3000, dtype=np.float32), "y": np.arange(3000.0)}), f, row_group_size=700)
+    remote = source.scan("memory://reader-remote/", "y")
+    batches, _ = read_epoch(remote, world=2, rank=1)
+    for batch in batches:
+        assert np.array_equal(batch.features[:, 0].numpy(), batch.ids.numpy().astype(np.float32))
+    fs.rm("/reader-remote", recursive=True)

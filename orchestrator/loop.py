@@ -62,17 +62,18 @@ def train(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    worker = _Worker(job, index, config["validation_index"], config["outputs"], board, rank, world, device)
-    worker.audit_samples = config.get("audit_samples", False)
+    worker = _Worker(job, index, config["validation_index"], config["outputs"], board, rank, world, device,
+                     audit_samples=config.get("audit_samples", False))
     worker.run()
 
 
 class _Worker:
     """One rank's training state; methods follow the loop's outline."""
 
-    def __init__(self, job, index, validation_index, outputs, board, rank, world, device):
+    def __init__(self, job, index, validation_index, outputs, board, rank, world, device, audit_samples=False):
         self.job, self.index, self.validation_index = job, index, validation_index
         self.board, self.rank, self.world, self.device = board, rank, world, device
+        self.audit_samples = audit_samples
         self.holdout = job.data.validation if isinstance(job.data.validation, float) else 0.0
         self.per_row_loss = models.per_row_loss(job.loss)
 
@@ -103,6 +104,8 @@ class _Worker:
         self.stopping = stopping.StoppingState()
         self.last_checkpoint_step = 0
         self.last_checkpoint_time = time.monotonic()
+        self.optimizer = optim.build_optimizer(job.optim, self.net.parameters())
+        self.scheduler = optim.build_scheduler(job.schedule, self.optimizer, self.total_steps)
         self.resumed_step = self._restore()
 
         self.model = ray.train.torch.prepare_model(
@@ -129,17 +132,16 @@ class _Worker:
         Rank 0 chooses and every rank loads its choice, so all ranks continue
         from the same step, at the exact next batch.
         """
-        self.optimizer = optim.build_optimizer(self.job.optim, self.net.parameters())
-        self.scheduler = optim.build_scheduler(self.job.schedule, self.optimizer, self.total_steps)
-        chosen = self._choose_checkpoint() if self.rank == 0 else None
+        chosen, state = self._newest_verified() if self.rank == 0 else (None, None)
         if self.world > 1:
             shared = [chosen]
             dist.broadcast_object_list(shared, src=0)
             chosen = shared[0]
         if chosen is None:
             return None
-        with checkpoint.local_copy(self.storage_fs, f"{self.run_path}/{chosen}") as directory:
-            state = checkpoint.load(directory)
+        if state is None:
+            with checkpoint.local_copy(self.storage_fs, f"{self.run_path}/{chosen}") as directory:
+                state = checkpoint.load(directory)
         self.history = tracking.History(state.history)
         self.stopping = stopping.StoppingState(**state.stopping) if state.stopping else stopping.StoppingState()
         self.net.load_state_dict(state.model)
@@ -150,15 +152,14 @@ class _Worker:
         self.last_checkpoint_step = state.step
         return state.step
 
-    def _choose_checkpoint(self) -> str | None:
+    def _newest_verified(self) -> tuple[str | None, checkpoint.TrainState | None]:
         for name in checkpoint.newest_first(self.storage_fs, self.run_path):
             try:
                 with checkpoint.local_copy(self.storage_fs, f"{self.run_path}/{name}") as directory:
-                    checkpoint.verify(directory)
-                return name
+                    return name, checkpoint.load(directory)
             except CheckpointError as error:
                 self._post(kind="warning", message=f"skipping checkpoint {name}: {error}; trying an older one")
-        return None
+        return None, None
 
     @property
     def total_steps(self) -> int:

@@ -36,13 +36,15 @@ class AutoscalerLimits:
 
     `max_resources` is the most of each resource the cluster could hold at
     its largest (None when the autoscaler's config could not be read), and
-    `max_per_node` the most of each one node could hold. `new_machines` says
-    whether the nodes it adds can be other machines than the head's.
+    `max_per_node` the most of each one node could hold. `adds_nodes` says
+    whether it may start worker nodes at all, `new_machines` whether those
+    can be other machines than the head's.
     """
 
     source: str
     max_resources: dict[str, float] | None = None
     max_per_node: dict[str, float] = field(default_factory=dict)
+    adds_nodes: bool = True
     new_machines: bool = True
 
 
@@ -60,6 +62,14 @@ def _offers_resources(resources: dict) -> bool:
 def machines() -> set[str]:
     """The distinct IP addresses of the alive nodes: more than one means disks are not shared."""
     return {n["NodeManagerAddress"] for n in alive_nodes()}
+
+
+def job_working_dir() -> str | None:
+    """The driver's working directory when Ray unpacked it for a job (each node has its own copy), else None."""
+    import ray
+
+    runtime_env = ray.get_runtime_context().runtime_env
+    return os.getcwd() if runtime_env.get("working_dir") else None
 
 
 def largest_node() -> dict[str, float]:
@@ -94,7 +104,10 @@ def _from_gcs_cluster_config() -> AutoscalerLimits | None:
             for key, value in group.resources.items():
                 largest[key] = max(largest.get(key, 0.0), float(value))
     maximum = state.state.get_max_resources_from_cluster_config() or {}
-    return AutoscalerLimits("the cluster config in Ray's GCS", {k: float(v) for k, v in maximum.items()}, largest)
+    adds = any(group.max_count != 0 for group in config.node_group_configs)
+    return AutoscalerLimits(
+        "the cluster config in Ray's GCS", {k: float(v) for k, v in maximum.items()}, largest, adds, adds
+    )
 
 
 def _from_local_monitor(gcs_address: str) -> AutoscalerLimits | None:
@@ -140,9 +153,11 @@ def limits_from_config(config: dict, source: str = "the cluster config") -> Auto
     head = types.get(config.get("head_node_type"), {})
     provider = (config.get("provider") or {}).get("type")
     workers = [t for name, t in types.items() if name != config.get("head_node_type") and t.get("max_workers", 0) > 0]
+    if config.get("max_workers") == 0:
+        workers = []
     new_machines = provider not in SAME_MACHINE_PROVIDERS and bool(workers)
     if any(not t.get("resources") for t in workers):
-        return AutoscalerLimits(source, None, {}, new_machines)
+        return AutoscalerLimits(source, None, {}, bool(workers), new_machines)
     budget = config.get("max_workers", sum(t["max_workers"] for t in workers))
     keys = {k for t in workers + [head] for k in (t.get("resources") or {})}
     maximum, largest = {}, {}
@@ -155,7 +170,7 @@ def limits_from_config(config: dict, source: str = "the cluster config") -> Auto
         head_amount = float((head.get("resources") or {}).get(key, 0))
         maximum[key] = head_amount + sum(per_node[:budget])
         largest[key] = max([head_amount] + per_node[:1])
-    return AutoscalerLimits(source, maximum, largest, new_machines)
+    return AutoscalerLimits(source, maximum, largest, bool(workers), new_machines)
 
 
 def _from_autoscaler_status() -> AutoscalerLimits | None:

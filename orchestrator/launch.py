@@ -325,28 +325,45 @@ def _check_resources(job: JobSpec) -> None:
 
 
 def _check_storage(job: JobSpec) -> None:
-    """Refuse node-local storage on a cluster whose nodes are, or may become, other machines.
+    """Refuse paths that workers on other nodes would not see, before any worker starts.
 
-    Each worker writes its checkpoints into `job.storage` on its own node, so
-    a plain path works only when every node sees the same disk. Setting
-    ORCHESTRATOR_ALLOW_LOCAL_STORAGE=1 declares that it does (an NFS mount).
+    Every worker reads `data.path` and writes checkpoints into `storage` on
+    its own node. A plain path works on one machine; on a cluster that spans,
+    or whose autoscaler can add, other machines it needs a shared URL, or
+    ORCHESTRATOR_ALLOW_LOCAL_STORAGE=1 to declare it an NFS mount. A path
+    inside the job's working directory is never shared: each node unpacks
+    its own copy of that directory.
     """
     from orchestrator import cluster
 
-    if not storage.is_local(job.storage) or settings.ALLOW_LOCAL_STORAGE.get() == "1":
+    paths = {"storage": job.storage, "data.path": job.data.path}
+    if isinstance(job.data.validation, str):
+        paths["data.validation"] = job.data.validation
+    local = {key: path for key, path in paths.items() if storage.is_local(path)}
+    if not local:
         return
-    machines = cluster.machines()
-    limits = cluster.autoscaler_limits() if len(machines) <= 1 else None
-    if len(machines) <= 1 and (limits is None or not limits.new_machines):
+    machines, nodes, limits = cluster.machines(), cluster.alive_nodes(), cluster.autoscaler_limits()
+    several_nodes = len(nodes) > 1 or (limits is not None and limits.adds_nodes)
+    several_machines = len(machines) > 1 or (limits is not None and limits.new_machines)
+    job_dir = cluster.job_working_dir() if several_nodes else None
+    in_job_dir = [key for key, path in local.items() if job_dir and (path + "/").startswith(job_dir.rstrip("/") + "/")]
+    if in_job_dir:
+        raise LaunchError(
+            f"{', '.join(f'{key} {local[key]!r}' for key in in_job_dir)}: inside the job's working directory, "
+            "of which every node of this cluster unpacks its own copy, so workers on other nodes would not "
+            "see it. Point it at shared storage (an s3:// or gs:// URL, or an absolute path every node mounts), "
+            "e.g. `--storage s3://bucket/runs` or `--set data.path=s3://bucket/data/*.parquet`."
+        )
+    if not several_machines or settings.ALLOW_LOCAL_STORAGE.get() == "1":
         return
     why = (f"its nodes run on {len(machines)} machines" if len(machines) > 1
            else f"its autoscaler can add nodes on other machines ({limits.source})")
     raise LaunchError(
-        f"storage {job.storage!r} is a path on one machine, but this Ray cluster's nodes need not share a disk: {why}, "
-        "and each worker would write its checkpoints to its own disk. Use storage every node shares: "
-        "an s3:// or gs:// URL (`--storage s3://bucket/runs`, needs `pip install -e .[s3]` on the nodes) "
-        f"or a path on an NFS mount present on every node, declared with "
-        f"{settings.ALLOW_LOCAL_STORAGE.name}=1."
+        f"{', '.join(f'{key} {path!r}' for key, path in local.items())}: a path on one machine, but this Ray "
+        f"cluster's nodes need not share a disk ({why}), and each worker reads its data and writes its "
+        "checkpoints on its own node. Use storage every node shares: an s3:// or gs:// URL "
+        "(`--storage s3://bucket/runs`; `pip install -e .[s3]` on the nodes), or a path on an NFS mount "
+        f"present on every node, declared with {settings.ALLOW_LOCAL_STORAGE.name}=1."
     )
 
 

@@ -231,9 +231,11 @@ def _wait_while_pending(client, job_id: str, address: str | None) -> None:
             _call(client.stop_job, address, job_id)
             raise LaunchError(
                 f"Job {job_id} was still PENDING after {limit:g} s ({settings.SUBMIT_PENDING_TIMEOUT_S.name}), "
-                f"so it was stopped. Ray says: {info.message or 'nothing'}. A job stays PENDING while its "
-                "runtime env is uploaded and installed and while the cluster has no room for its driver; "
-                f"`orchestrator logs {job_id}{_address_flag(address)}` and `ray status` on the head show which."
+                f"so it was told to stop. Ray says: {info.message or 'nothing'} A job stays PENDING while its "
+                "runtime env is installed and while no node has room for its driver; "
+                f"`orchestrator logs {job_id}{_address_flag(address)}` and `ray status` on the head show which. "
+                "(Ray carries out the stop once the driver is placed, and fails a driver it can never place "
+                "after RAY_JOB_START_TIMEOUT_SECONDS, 900 s by default.)"
             )
         time.sleep(_POLL_S)
 

@@ -1,0 +1,99 @@
+"""Jobs on a local autoscaling cluster: Ray's fake multi-node provider with cluster-local.yaml.
+
+The head has 0 CPUs and each worker node 1 CPU, at most 2 of them, so every
+training worker needs a node the autoscaler starts. All "nodes" run on this
+machine, so a plain path outside the job's working directory is shared.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import pathlib
+import time
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import QUICK, RayHead, orchestrator
+from tests.conftest import REPO
+
+# Ray notices a lost node after 3 missed 1 s health checks (default: 5 × 3 s).
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+
+
+@pytest.fixture(scope="module")
+def autoscaling():
+    config = yaml.safe_load((REPO / "cluster-local.yaml").read_text())
+    head = RayHead(num_cpus=0, autoscaling_config=config, head_env=FAST_NODE_DEATH)
+    yield head
+    head.stop()
+
+
+def _cpu_nodes(head: RayHead, state: str | None = None) -> list[dict]:
+    return [n for n in head.nodes() if n["resources_total"].get("CPU") and state in (None, n["state"])]
+
+
+def _shared_data(head: RayHead, name: str) -> list[str]:
+    # Outside the job's working directory, of which each node unpacks its own copy.
+    return ["--set", f"data.path={head.tmp}/{name}/*.parquet"]
+
+
+def test_a_job_larger_than_the_autoscaler_can_ever_make_fails_at_once_saying_so(autoscaling):
+    result = autoscaling.run(*orchestrator(
+        "submit", "jobs/quickstart.yaml", "--address", autoscaling.url, "--workers", "3",
+        "--storage", f"{autoscaling.tmp}/runs", *QUICK, *_shared_data(autoscaling, "data")), timeout_s=120)
+    assert result.returncode == 2
+    assert "needs 3 CPUs (scaling.workers 3 × scaling.cpus_per_worker 1) but the cluster can grow to at most 2" \
+        in result.stderr
+    assert "limits from the autoscaler config" in result.stderr
+
+
+def test_a_two_worker_job_makes_the_autoscaler_start_two_nodes_and_completes(autoscaling):
+    assert _cpu_nodes(autoscaling, "ALIVE") == []
+    storage = f"{autoscaling.tmp}/runs"
+    result = autoscaling.run(*orchestrator(
+        "submit", "jobs/quickstart.yaml", "--address", autoscaling.url, "--workers", "2", "--storage", storage,
+        *QUICK, *_shared_data(autoscaling, "data")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(pathlib.Path(storage, "quickstart", "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["world_size"] == 2
+    assert len(_cpu_nodes(autoscaling)) >= 2
+
+
+def test_an_elastic_job_carries_on_with_one_worker_when_a_node_goes_away(autoscaling):
+    storage = f"{autoscaling.tmp}/runs"
+    result = autoscaling.run(*orchestrator(
+        "submit", "jobs/quickstart.yaml", "--address", autoscaling.url, "--workers", "1,2", "--name", "elastic",
+        "--storage", storage, "--no-wait", *_shared_data(autoscaling, "elastic-data"),
+        "--set", "data.generate.rows=20000", "--set", "train.epochs=12", "--set", "train.batch_size=256",
+        "--set", "checkpoint.every_n_steps=20",
+        # Ray Train waits this long for a worker group it sized from a node that just died.
+        "--runtime-env-json", json.dumps({"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10"}})))
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.split()[-1]
+
+    # Once two workers train and have checkpointed, take away the node of one of them.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        workers = [a for a in autoscaling.actors("RayTrainWorker") if a["state"] == "ALIVE"]
+        if len(workers) == 2 and glob.glob(f"{storage}/elastic/step-*"):
+            assert autoscaling.remove_node(workers[0]["node_id"]) > 0
+            break
+        assert autoscaling.get(f"/api/jobs/{job_id}")["status"] in ("PENDING", "RUNNING")
+        time.sleep(0.5)
+    else:
+        pytest.fail("the elastic job never ran with two workers")
+
+    deadline = time.monotonic() + 180
+    while autoscaling.get(f"/api/jobs/{job_id}")["status"] in ("PENDING", "RUNNING"):
+        assert time.monotonic() < deadline, "the elastic job did not finish after losing a node"
+        time.sleep(1)
+    logs = autoscaling.run(*orchestrator("logs", job_id, "--address", autoscaling.url)).stdout
+    assert autoscaling.get(f"/api/jobs/{job_id}")["status"] == "SUCCEEDED", logs[-3000:]
+    summary = json.loads(pathlib.Path(storage, "elastic", "summary.json").read_text())
+    sizes = summary["world_sizes"]
+    assert any(a == 2 and b == 1 for a, b in zip(sizes, sizes[1:])), sizes
+    assert summary["status"] == "finished" and summary["restarts"] >= 1
+    # The one worker left went on from a checkpoint taken before the end, not after it.
+    assert summary["resumed_from_steps"] and summary["resumed_from_steps"][-1] < summary["steps"]

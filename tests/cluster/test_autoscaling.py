@@ -18,6 +18,9 @@ import yaml
 from tests.cluster.conftest import QUICK, RayHead, orchestrator
 from tests.conftest import REPO
 
+# The Jobs API (dashboard) and its client come with ray[default].
+pytest.importorskip("aiohttp", reason="needs ray[default] for the Ray Jobs API")
+
 # Ray notices a lost node after 3 missed 1 s health checks (default: 5 × 3 s).
 FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 

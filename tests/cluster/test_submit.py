@@ -18,6 +18,9 @@ from orchestrator.submit import EXCLUDES
 from tests.cluster.conftest import QUICK, RayHead, free_port, orchestrator
 from tests.conftest import REPO
 
+# The Jobs API (dashboard) and its client come with ray[default].
+pytest.importorskip("aiohttp", reason="needs ray[default] for the Ray Jobs API")
+
 
 @pytest.fixture(scope="module")
 def head():

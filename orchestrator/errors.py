@@ -61,3 +61,7 @@ class TrainingError(OrchestratorError):
     """Training itself failed: a non-finite loss, or workers that kept failing past the retries."""
 
     exit_code = 1
+
+
+class ReportError(OrchestratorError):
+    """A run folder cannot be read back or reported on (no run there, a missing optional package)."""

@@ -36,7 +36,8 @@ from orchestrator import checkpoint, models, spec, storage, tracking
 from orchestrator.data import source
 from orchestrator.data.reader import validation_batches
 from orchestrator.errors import CheckpointError, DataError
-from orchestrator.reports import RUN_FILE, ReportError
+from orchestrator.errors import ReportError
+from orchestrator.reports import RUN_FILE
 
 DEFAULT_BATCH_ROWS = 65_536
 

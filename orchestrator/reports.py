@@ -25,17 +25,13 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 
 from orchestrator import storage, tracking
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ReportError
 
 SUMMARY_FILE = "summary.json"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.parquet"
 REPORT_DIR = "report"
 VALIDATION_SCORES = ("val/accuracy", "val/r2")  # higher is better; one of them per run
-
-
-class ReportError(OrchestratorError):
-    """A run folder cannot be read back or reported on (no run there, a missing optional package)."""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,12 @@
     orchestrator run JOB.yaml [--workers N] [--storage URL] [--name NAME]
                               [--set key.path=value]... [--address ADDR] [--fresh] [-v]
     orchestrator validate JOB.yaml [--set key.path=value]...
+    orchestrator submit JOB.yaml --address http://HOST:PORT [...]   (and status|logs|stop JOB_ID)
+    orchestrator runs [STORAGE]
+    orchestrator report RUN
+    orchestrator compare RUN_A RUN_B
+    orchestrator predict RUN --data URL --out URL
+    orchestrator evaluate RUN --data URL
 
 A user's mistake (an OrchestratorError) prints as one paragraph without a
 traceback and exits with its code (2 for bad input). Anything else keeps its
@@ -15,7 +21,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from orchestrator import spec
+from orchestrator import progress, spec
 from orchestrator.errors import OrchestratorError
 
 
@@ -34,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="orchestrator", description="Train PyTorch models on Parquet data across Ray Train workers, from one job file."
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="train a job across Ray Train workers")
@@ -240,48 +248,11 @@ def _run(args: argparse.Namespace) -> int:
     from orchestrator import launch
 
     job = _load(args)
-    printer = _ProgressPrinter(job, verbose=args.verbose)
+    printer = progress.ProgressPrinter(job, verbose=args.verbose)
     summary = launch.run(job, address=args.address, fresh=args.fresh, verbose=args.verbose, on_record=printer)
     print(_describe(summary))
     print(summary.run_dir)
     return 0
-
-
-class _ProgressPrinter:
-    """Turns the workers' records into one line per epoch, restart and (with -v) log point."""
-
-    def __init__(self, job: spec.JobSpec, verbose: bool):
-        self.job, self.verbose, self.starts = job, verbose, 0
-
-    def __call__(self, record: dict) -> None:
-        kind = record["kind"]
-        if kind == "resume":
-            print(f"resuming {self.job.name} from its checkpoint at step {record['step']} ({record['checkpoint']})",
-                  flush=True)
-        elif kind == "already_complete":
-            print(f"{self.job.name} is already complete ({record['step']} steps); pass --fresh to train it again",
-                  flush=True)
-        elif kind == "warning":
-            print(f"warning: {record['message']}", file=sys.stderr, flush=True)
-        elif kind == "start":
-            self.starts += 1
-            if self.starts > 1:
-                resumed = record["resumed_step"]
-                where = f"from the checkpoint at step {resumed}" if resumed is not None else "from the start"
-                print(f"worker group restarted with {record['world_size']} worker(s); resuming {where}", flush=True)
-        elif kind == "epoch":
-            total = f"/{self.job.train.epochs}" if self.job.train.epochs else ""
-            partial = "" if record["complete"] else " (partial)"
-            metrics = _metrics("train", record["train"]) + _metrics("val", record["validation"])
-            print(f"epoch {record['epoch'] + 1}{total}{partial}  step {record['step']}  {metrics}"
-                  f"{record['samples_per_s']:,.0f} samples/s", flush=True)
-        elif kind == "log" and self.verbose:
-            print(f"  step {record['step']}  loss {record['loss']:.4g}  lr {record['lr']:.3g}  "
-                  f"{record['samples_per_s']:,.0f} samples/s", flush=True)
-
-
-def _metrics(prefix: str, metrics: dict) -> str:
-    return "".join(f"{prefix} {name} {value:.4g}  " for name, value in metrics.items())
 
 
 def _describe(summary) -> str:
@@ -291,9 +262,14 @@ def _describe(summary) -> str:
         f"{summary.samples:,} samples in {summary.wall_s:.1f} s ({rate}{summary.world_size} worker(s), "
         f"{summary.restarts} restart(s))",
     ]
-    metrics = _metrics("train", summary.train) + _metrics("val", summary.validation)
+    metrics = progress.format_metrics("train", summary.train) + progress.format_metrics("val", summary.validation)
     if metrics:
         lines.append(f"  {metrics.strip()}")
+    if summary.fit and summary.fit.get("reading"):
+        lines.append(f"  fit        {summary.fit['reading']} (train/val gap {summary.fit['gap']:.3g})")
+    if summary.best:
+        lines.append(f"  best       {summary.best['best_value']:.4g} at epoch {summary.best['best_epoch'] + 1} "
+                     f"(step {summary.best['best_step']})" + (" — exported as model.pt" if summary.best.get("checkpoint") else ""))
     if summary.checkpoint:
         lines.append(f"  checkpoint {summary.checkpoint}")
     if summary.model:

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from orchestrator.errors import DataError, LaunchError, OrchestratorError, SpecE
 from orchestrator.spec import JobSpec
 
 SUMMARY_FILE = "summary.json"
+RUN_FILE = "run.json"
 MODEL_FILE = "model.pt"
 
 
@@ -66,6 +68,8 @@ def prepare(job: JobSpec) -> PreparedJob:
     if job.data.generate is not None:
         _generate_if_missing(job.data.path, job.data.generate)
     index = source.scan(job.data.path, job.data.label, job.data.features)
+    # The resolved job names its features, so checkpoints and run.json say what the model reads.
+    job = dataclasses.replace(job, data=dataclasses.replace(job.data, features=index.features))
     validation_index = None
     if isinstance(validation, str):
         validation_index = source.scan(validation, job.data.label, index.features)
@@ -144,41 +148,99 @@ def run(
     finished = _prepare_run_folder(fs, run_path, prepared, fresh, on_record)
     if finished is not None:
         return finished
+    previous = tracking.read_json(fs, f"{run_path}/{RUN_FILE}")
+    meta = tracking.run_metadata(prepared.job.to_dict(), previous, _versions(), _git_commit())
+    tracking.write_json(fs, f"{run_path}/{RUN_FILE}", meta)
+
+    relay = tracking.Relay(meta, _exporters(prepared, meta), on_record)
 
     import ray  # deferred: `orchestrator validate` never pays for importing Ray
 
+    meta["status"] = "failed"  # until training ends well; exporters read it when they close
     embedded = _connect(address, verbose)
     try:
         _check_resources(prepared.job)
         _check_storage(prepared.job)
         board = ray.remote(tracking.RunBoard).options(num_cpus=0).remote()
-        records, error = _fit(prepared, board, on_record, audit_samples)
+        records, error = _fit(prepared, board, relay, audit_samples)
+        meta["status"] = "failed" if error else "finished"
         summary = tracking.summarize(job.name, prepared.run_url, records, started_at)
     finally:
+        relay.close()
         if embedded:
             ray.shutdown()
     summary.dropped_rows_per_epoch = prepared.dropped_rows
     if error is None:
-        # Ray Train prunes what it registered; this also removes checkpoints it never
-        # registered and uploads cut short, so exactly the newest `keep` complete ones
-        # stay. Never after a failure: Ray's snapshot must still find what it lists.
-        checkpoint.prune(fs, run_path, job.checkpoint.keep)
-        # The final checkpoint is the newest in storage, also when this session trained
-        # nothing (a driver that died after the last checkpoint, before the summary).
-        final = _newest_complete(fs, run_path)
-        if final is not None:
-            name, manifest = final
-            fs.copy_file(f"{run_path}/{name}/{MODEL_FILE}", f"{run_path}/{MODEL_FILE}")
-            summary.model = storage.join(prepared.run_url, MODEL_FILE)
-            summary.checkpoint, summary.steps = name, max(summary.steps, manifest["step"])
+        _finish_run_folder(fs, run_path, prepared, summary)
     if summary.checkpoint:
         summary.checkpoint = storage.join(prepared.run_url, summary.checkpoint)
     summary.status = "failed" if error else "finished"
     summary.error = str(error) if error else None
     tracking.write_json(fs, f"{run_path}/{SUMMARY_FILE}", summary.to_dict())
+    tracking.write_json(fs, f"{run_path}/{RUN_FILE}", {**meta, "ended_at": time.time()})
     if error:
         raise error
     return summary
+
+
+def _finish_run_folder(fs: pyarrow.fs.FileSystem, run_path: str, prepared: PreparedJob, summary) -> None:
+    """Prune checkpoints; export model.pt and metrics.parquet from storage into the run folder."""
+    job = prepared.job
+    # Ray Train prunes what it registered; this also removes checkpoints it never
+    # registered and uploads cut short, so exactly the newest `keep` complete ones
+    # stay. Never after a failure: Ray's snapshot must still find what it lists.
+    checkpoint.prune(fs, run_path, job.checkpoint.keep)
+    # The final checkpoint is the newest in storage, also when this session trained
+    # nothing (a driver that died after the last checkpoint, before the summary).
+    final = _newest_complete(fs, run_path)
+    if final is None:
+        return
+    name, manifest = final
+    summary.checkpoint, summary.steps = name, max(summary.steps, manifest["step"])
+    fs.copy_file(f"{run_path}/{name}/{checkpoint.HISTORY_FILE}", f"{run_path}/{checkpoint.HISTORY_FILE}")
+    exported = name
+    if job.early_stopping and job.early_stopping.export == "best":
+        exported = checkpoint.newest_best(fs, run_path) or name
+    fs.copy_file(f"{run_path}/{exported}/{MODEL_FILE}", f"{run_path}/{MODEL_FILE}")
+    summary.model = storage.join(prepared.run_url, MODEL_FILE)
+    if exported != name:  # model.pt holds the best epoch's weights
+        summary.best = {**(summary.best or {}), "checkpoint": storage.join(prepared.run_url, exported)}
+
+
+def _exporters(prepared: PreparedJob, meta: dict) -> list:
+    tracking_spec = prepared.job.tracking
+    if not (tracking_spec.tensorboard or tracking_spec.mlflow):
+        return []
+    from orchestrator import exporters
+
+    return exporters.open_exporters(prepared.job, prepared.run_url, meta)
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import pyarrow
+    import torch
+
+    from orchestrator import __version__
+
+    return {"orchestrator": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "pyarrow": pyarrow.__version__, "ray": _ray_version()}
+
+
+def _ray_version() -> str:
+    from importlib.metadata import version
+
+    return version("ray")
+
+
+def _git_commit() -> str | None:
+    """The commit of the working directory's git checkout, if there is one (best effort)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _fit(prepared: PreparedJob, board, on_record, audit_samples: bool) -> tuple[list[dict], OrchestratorError | None]:
@@ -249,8 +311,21 @@ def _trainer(prepared: PreparedJob, board, audit_samples: bool):
             storage_filesystem=None if storage.is_local(job.storage) else fs,
             failure_config=ray.train.FailureConfig(max_failures=job.failure.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoint.keep),
+            callbacks=[_failure_reporter(board)],
         ),
     )
+
+
+def _failure_reporter(board):
+    """A Ray Train callback, run on the controller, posting why a worker group failed."""
+    import ray.train
+
+    class FailureReporter(ray.train.UserCallback):
+        def after_exception(self, run_context, worker_exceptions: dict) -> None:
+            causes = {rank: _one_line(_root_cause(error)) for rank, error in worker_exceptions.items()}
+            board.post.remote({"kind": "failure", "causes": causes})
+
+    return FailureReporter()
 
 
 def _connect(address: str | None, verbose: bool) -> bool:

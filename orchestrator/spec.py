@@ -7,7 +7,8 @@ problem at once in one `SpecError`. Each problem starts with its key path
 (`optim.lr: must be > 0, got -1`); an unknown key gets the nearest valid one.
 
 Leaves to others: whether the data exists and has the named columns
-(`data.source`), building models, losses and optimizers (`models`, `loop`), and
+(`data.source`), building models, losses and optimizers (`models`, `loop`),
+reading typed values out of a mapping and phrasing each problem (`fields`), and
 anything about Ray or torch. Importing this module pulls in neither, so
 `orchestrator validate jobs/x.yaml` is instant.
 """
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,9 @@ from typing import Any, Callable
 import yaml
 
 from orchestrator.errors import SpecError
+from orchestrator.fields import (
+    REQUIRED, Bad, Fields, Report, as_float, as_int, as_list, as_str, choice, describe, ranged,
+)
 
 __all__ = [
     "DataSpec", "ModelSpec", "LossSpec", "OptimSpec", "ScheduleSpec", "TrainSpec", "ScalingSpec",
@@ -242,206 +244,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# ---- reading and checking values -------------------------------------------------
-
-_REQUIRED: Any = object()  # the default of a field the user must set
-
-
-class _Bad(Exception):
-    """A value failed a check; `message` follows the key path, `where` extends it ("[1]")."""
-
-    def __init__(self, message: str, where: str = ""):
-        super().__init__(message)
-        self.message, self.where = message, where
-
-
-class _Report:
-    """Every problem found so far, each prefixed by its key path."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-        self._bad: set[str] = set()
-
-    def add(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
-        self._bad.add(path.split("[")[0])
-
-    def ok(self, *paths: str) -> bool:
-        """True when no problem was found at, above or below any of `paths`."""
-        return not any(bad == path or path.startswith(bad + ".") or bad.startswith(path + ".")
-                       for path in paths for bad in self._bad)
-
-
-def _describe(value: Any) -> str:
-    """A value as a problem quotes it: `'five' (str)`, or `null`."""
-    if value is None:
-        return "null"
-    text = repr(value)
-    return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Bad(f"expected an integer, got {_describe(value)}")
-    return value
-
-
-def _as_float(value: Any) -> float:
-    # YAML 1.1 reads `1e-3` as a string: accepting numeric strings spares users that trap.
-    number = None
-    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except ValueError:
-            pass
-    if number is None or not math.isfinite(number):
-        raise _Bad(f"expected a {'finite ' if number is not None else ''}number, got {_describe(value)}")
-    return number
-
-
-def _as_bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"expected true or false, got {_describe(value)}")
-    return value
-
-
-def _as_str(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"expected a non-empty string, got {_describe(value)}")
-    return value
-
-
-def _ranged(value: Any, *, min: Any = None, above: Any = None, max: Any = None, below: Any = None) -> Any:
-    """`value` when min <= value, above < value, value <= max and value < below (those given)."""
-    if ((min is None or value >= min) and (above is None or value > above)
-            and (max is None or value <= max) and (below is None or value < below)):
-        return value
-    shown = f"{value:g}" if isinstance(value, float) else value
-    low = f"[{min}" if min is not None else f"({above}" if above is not None else ""
-    high = f"{max}]" if max is not None else f"{below})" if below is not None else ""
-    if low and high:
-        raise _Bad(f"must be in {low}, {high}, got {shown}")
-    if low:
-        raise _Bad(f"must be {'>=' if min is not None else '>'} {low[1:]}, got {shown}")
-    raise _Bad(f"must be {'<=' if max is not None else '<'} {high[:-1]}, got {shown}")
-
-
-def _nearest(word: Any, options: Sequence[str]) -> str:
-    """ "did you mean 'x'? " for the closest option by spelling, else by shared prefix; or ""."""
-    word = str(word)
-    close = difflib.get_close_matches(word, list(options), n=1) or [
-        o for o in options if len(min(o, word, key=len)) >= 2 and (word.startswith(o) or o.startswith(word))]
-    return f"did you mean '{close[0]}'? " if close else ""
-
-
-def _choice(value: Any, allowed: Sequence[str], noun: str, extra: str = "") -> str:
-    if not isinstance(value, str) or value not in allowed:
-        what = f"'{value}'" if isinstance(value, str) else _describe(value)
-        raise _Bad(f"unknown {noun} {what} ({_nearest(value, allowed)}allowed: {', '.join(allowed)}{extra})")
-    return value
-
-
-def _as_list(value: Any, item: Callable[[Any], Any], what: str) -> tuple:
-    if not isinstance(value, (list, tuple)):
-        raise _Bad(f"expected a list of {what}, got {_describe(value)}")
-    items = []
-    for index, raw in enumerate(value):
-        try:
-            items.append(item(raw))
-        except _Bad as bad:
-            raise _Bad(bad.message, f"[{index}]") from None
-    return tuple(items)
-
-
-class _Fields:
-    """Reads one section's mapping. Each getter returns the typed value, or records a problem
-    under the full key path and returns the default; `finish` reports the keys nobody read."""
-
-    def __init__(self, raw: Mapping, path: str, report: _Report):
-        self.raw, self.path, self.report = raw, path, report
-        self.known: list[str] = []
-
-    def key_path(self, key: Any) -> str:
-        return f"{self.path}.{key}" if self.path else str(key)
-
-    def add(self, key: str, message: str) -> None:
-        self.report.add(self.key_path(key), message)
-
-    def value(self, key: str, default: Any, convert: Callable[[Any], Any], why: str = "",
-              nullable: bool | None = None) -> Any:
-        """`convert(raw[key])`; null is kept when `nullable` (by default: when the default is None)."""
-        self.known.append(key)
-        raw, fallback = self.raw.get(key), None if default is _REQUIRED else default
-        if raw is None and default is _REQUIRED:
-            got_null = ", got null" if key in self.raw else ""
-            self.add(key, f"required ({why}){got_null}" if why else f"required{got_null}")
-            return None
-        if key not in self.raw:
-            return fallback
-        if raw is None and (default is None if nullable is None else nullable):
-            return None
-        try:
-            return convert(raw)
-        except _Bad as bad:
-            self.report.add(self.key_path(key) + bad.where, bad.message)
-            return fallback
-
-    def int(self, key: str, default: Any = _REQUIRED, *, why: str = "", nullable: bool | None = None,
-            **bounds: Any) -> Any:
-        return self.value(key, default, lambda v: _ranged(_as_int(v), **bounds), why, nullable)
-
-    def float(self, key: str, default: Any = _REQUIRED, **bounds: Any) -> Any:
-        return self.value(key, default, lambda v: _ranged(_as_float(v), **bounds))
-
-    def bool(self, key: str, default: Any) -> Any:
-        return self.value(key, default, _as_bool)
-
-    def str(self, key: str, default: Any = _REQUIRED, *, why: str = "") -> Any:
-        return self.value(key, default, _as_str, why)
-
-    def choice(self, key: str, default: Any, allowed: Sequence[str], noun: str) -> Any:
-        return self.value(key, default, lambda v: _choice(v, allowed, noun), "one of " + ", ".join(allowed))
-
-    def int_list(self, key: str, default: Any, **bounds: Any) -> Any:
-        def ranged_int(item: Any) -> int:
-            return _ranged(_as_int(item), **bounds)
-        return self.value(key, default, lambda v: _as_list(v, ranged_int, "integers"))
-
-    def str_list(self, key: str, default: Any) -> Any:
-        def unique(value: Any) -> tuple:
-            names = _as_list(value, _as_str, "strings")
-            repeated = sorted({name for name in names if names.count(name) > 1})
-            if repeated:
-                raise _Bad(f"lists {', '.join(map(repr, repeated))} more than once")
-            return names
-        return self.value(key, default, unique)
-
-    def section(self, key: str, *, required: bool = False, why: str = "", shorthand: bool = False,
-                empty_when_absent: bool = True) -> _Fields | None:
-        """The mapping under `key` as its own `_Fields`; None when it is wrong, or absent and
-        required or not `empty_when_absent`. `shorthand` reads `key: x` as `key: {name: x}`."""
-        self.known.append(key)
-        raw = self.raw.get(key)
-        if raw is None:
-            if required:
-                self.add(key, f"required section ({why})")
-            return None if required or not empty_when_absent else _Fields({}, self.key_path(key), self.report)
-        if shorthand and isinstance(raw, str):
-            raw = {"name": raw}
-        if not isinstance(raw, Mapping):
-            what = f"a {key} name or a mapping" if shorthand else "a mapping"
-            self.add(key, f"expected {what} of {key} settings, got {_describe(raw)}")
-            return None
-        return _Fields(raw, self.key_path(key), self.report)
-
-    def finish(self) -> None:
-        """Report every key this section does not know, with the nearest known one."""
-        for key in self.raw:
-            if key not in self.known:
-                hint = _nearest(key, self.known) if isinstance(key, str) else ""
-                self.add(key, f"unknown key ({hint}allowed: {', '.join(self.known)})")
-
-
 # ---- one builder per section; `_build` reports unknown keys after each -------------
 
 def _as_validation(value: Any) -> float | str:
@@ -451,11 +253,11 @@ def _as_validation(value: Any) -> float | str:
         except ValueError:
             return value  # a path or URL of separate validation Parquet
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _Bad(f"expected a fraction in (0, 1) or a path/URL of Parquet, got {_describe(value)}")
-    return _ranged(_as_float(value), above=0, below=1)
+        raise Bad(f"expected a fraction in (0, 1) or a path/URL of Parquet, got {describe(value)}")
+    return ranged(as_float(value), above=0, below=1)
 
 
-def _data(f: _Fields) -> DataSpec:
+def _data(f: Fields) -> DataSpec:
     spec = DataSpec(
         path=f.str("path", why="a Parquet file, directory or glob; any fsspec URL"),
         label=f.str("label", why="the target column"),
@@ -473,11 +275,11 @@ def _data(f: _Fields) -> DataSpec:
     return spec
 
 
-def _generate(f: _Fields | None) -> GenerateSpec | None:
+def _generate(f: Fields | None) -> GenerateSpec | None:
     if f is None:
         return None
     spec = GenerateSpec(
-        kind=f.choice("kind", _REQUIRED, ("regression", "classification"), "synthetic dataset"),
+        kind=f.choice("kind", REQUIRED, ("regression", "classification"), "synthetic dataset"),
         rows=f.int("rows", 50_000, min=1),
         features=f.int("features", 8, min=1),
         classes=f.int("classes", 3, min=2),
@@ -492,21 +294,21 @@ def _generate(f: _Fields | None) -> GenerateSpec | None:
 def _as_kind(value: Any) -> str:
     if isinstance(value, str) and _BUILDER.fullmatch(value):
         return value
-    return _choice(value, BUILTIN_MODELS, "model", extra=", or a builder 'module.path:function'")
+    return choice(value, BUILTIN_MODELS, "model", extra=", or a builder 'module.path:function'")
 
 
 def _as_options(value: Any) -> dict:
     if not isinstance(value, Mapping):
-        raise _Bad(f"expected a mapping of builder keyword arguments, got {_describe(value)}")
+        raise Bad(f"expected a mapping of builder keyword arguments, got {describe(value)}")
     for key in value:
         if not isinstance(key, str):
-            raise _Bad(f"keys must be strings, got {_describe(key)}")
+            raise Bad(f"keys must be strings, got {describe(key)}")
     return copy.deepcopy(dict(value))
 
 
-def _model(f: _Fields) -> ModelSpec:
+def _model(f: Fields) -> ModelSpec:
     return ModelSpec(
-        kind=f.value("kind", _REQUIRED, _as_kind, why="linear, logistic, mlp or 'module.path:function'"),
+        kind=f.value("kind", REQUIRED, _as_kind, why="linear, logistic, mlp or 'module.path:function'"),
         hidden=f.int_list("hidden", (64, 64), min=1),
         activation=f.choice("activation", "relu", ACTIVATIONS, "activation"),
         dropout=f.float("dropout", 0.0, min=0, below=1),
@@ -515,22 +317,22 @@ def _model(f: _Fields) -> ModelSpec:
     )
 
 
-def _loss(f: _Fields) -> LossSpec:
+def _loss(f: Fields) -> LossSpec:
     return LossSpec(
-        name=f.choice("name", _REQUIRED, LOSSES, "loss"),
+        name=f.choice("name", REQUIRED, LOSSES, "loss"),
         huber_delta=f.float("huber_delta", 1.0, above=0),
         label_smoothing=f.float("label_smoothing", 0.0, min=0, below=1),
     )
 
 
 def _as_betas(value: Any) -> tuple[float, float]:
-    betas = _as_list(value, lambda x: _ranged(_as_float(x), min=0, below=1), "two numbers")
+    betas = as_list(value, lambda x: ranged(as_float(x), min=0, below=1), "two numbers")
     if len(betas) != 2:
-        raise _Bad(f"expected two numbers [beta1, beta2], got {len(betas)}")
+        raise Bad(f"expected two numbers [beta1, beta2], got {len(betas)}")
     return betas
 
 
-def _optim(f: _Fields) -> OptimSpec:
+def _optim(f: Fields) -> OptimSpec:
     spec = OptimSpec(
         name=f.choice("name", "adamw", OPTIMIZERS, "optimizer"),
         lr=f.float("lr", 1e-3, above=0),
@@ -548,7 +350,7 @@ def _optim(f: _Fields) -> OptimSpec:
     return spec
 
 
-def _schedule(f: _Fields) -> ScheduleSpec:
+def _schedule(f: Fields) -> ScheduleSpec:
     spec = ScheduleSpec(
         name=f.choice("name", "constant", SCHEDULES, "schedule"),
         warmup_steps=f.int("warmup_steps", 0, min=0),
@@ -561,7 +363,7 @@ def _schedule(f: _Fields) -> ScheduleSpec:
     return spec
 
 
-def _train(f: _Fields) -> TrainSpec:
+def _train(f: Fields) -> TrainSpec:
     return TrainSpec(
         batch_size=f.int("batch_size", why="the global batch size across all workers", min=1),
         epochs=f.int("epochs", None, min=1),
@@ -579,14 +381,14 @@ def _train(f: _Fields) -> TrainSpec:
 
 def _as_workers(value: Any) -> int | tuple[int, int]:
     if not isinstance(value, (list, tuple)):
-        return _ranged(_as_int(value), min=1)
-    low, high = _as_list(value, _as_int, "integers") if len(value) == 2 else (0, -1)
+        return ranged(as_int(value), min=1)
+    low, high = as_list(value, as_int, "integers") if len(value) == 2 else (0, -1)
     if not 1 <= low <= high:
-        raise _Bad(f"expected a count >= 1 or a [min, max] pair with 1 <= min <= max, got {_describe(value)}")
+        raise Bad(f"expected a count >= 1 or a [min, max] pair with 1 <= min <= max, got {describe(value)}")
     return (low, high)
 
 
-def _scaling(f: _Fields) -> ScalingSpec:
+def _scaling(f: Fields) -> ScalingSpec:
     return ScalingSpec(
         workers=f.value("workers", 1, _as_workers),
         cpus_per_worker=f.float("cpus_per_worker", 1.0, above=0),
@@ -594,7 +396,7 @@ def _scaling(f: _Fields) -> ScalingSpec:
     )
 
 
-def _checkpoint(f: _Fields) -> CheckpointSpec:
+def _checkpoint(f: Fields) -> CheckpointSpec:
     return CheckpointSpec(
         every_n_steps=f.int("every_n_steps", 200, nullable=True, min=1),
         every_n_seconds=f.float("every_n_seconds", None, above=0),
@@ -602,7 +404,7 @@ def _checkpoint(f: _Fields) -> CheckpointSpec:
     )
 
 
-def _failure(f: _Fields) -> FailureSpec:
+def _failure(f: Fields) -> FailureSpec:
     max_failures = f.int("max_failures", 3, min=-1)
     inject, rehearsal = f.section("inject", empty_when_absent=False), None
     if inject is not None:
@@ -614,29 +416,29 @@ def _failure(f: _Fields) -> FailureSpec:
     return FailureSpec(max_failures=max_failures, inject=rehearsal)
 
 
-def _early_stopping(f: _Fields) -> EarlyStoppingSpec | None:
+def _early_stopping(f: Fields) -> EarlyStoppingSpec | None:
     if not f.raw:
         return None
     return EarlyStoppingSpec(
         metric=f.choice("metric", "val_loss", ("val_loss", "val_accuracy", "val_r2", "train_loss"), "metric"),
         patience=f.int("patience", 3, min=1),
         min_delta=f.float("min_delta", 0.0, min=0),
-        mode=f.value("mode", None, lambda v: _choice(v, ("min", "max"), "mode")),
+        mode=f.value("mode", None, lambda v: choice(v, ("min", "max"), "mode")),
         export=f.choice("export", "best", ("best", "last"), "export"),
     )
 
 
-def _tracking(f: _Fields) -> TrackingSpec:
+def _tracking(f: Fields) -> TrackingSpec:
     return TrackingSpec(
         tensorboard=f.bool("tensorboard", False),
         mlflow=f.bool("mlflow", False),
-        mlflow_tracking_uri=f.value("mlflow_tracking_uri", None, _as_str),
-        mlflow_experiment=f.value("mlflow_experiment", None, _as_str),
+        mlflow_tracking_uri=f.value("mlflow_tracking_uri", None, as_str),
+        mlflow_experiment=f.value("mlflow_experiment", None, as_str),
     )
 
 
 # section → (builder, required, what it needs when missing, accepts the `section: name` shorthand)
-_SECTIONS: dict[str, tuple[Callable[[_Fields], Any], bool, str, bool]] = {
+_SECTIONS: dict[str, tuple[Callable[[Fields], Any], bool, str, bool]] = {
     "data": (_data, True, "where the Parquet data is and which column is the label", False),
     "model": (_model, True, "at least model.kind", False),
     "loss": (_loss, True, "a loss name such as mse", True),
@@ -653,12 +455,12 @@ _SECTIONS: dict[str, tuple[Callable[[_Fields], Any], bool, str, bool]] = {
 
 def _as_name(value: Any) -> str:
     if not isinstance(value, str) or not _RUN_NAME.fullmatch(value):
-        raise _Bad("must start with a letter or digit and hold only letters, digits, '.', '_' and '-' "
-                   f"(it becomes a directory name), got {_describe(value)}")
+        raise Bad("must start with a letter or digit and hold only letters, digits, '.', '_' and '-' "
+                   f"(it becomes a directory name), got {describe(value)}")
     return value
 
 
-def _check_across(p: dict[str, Any], r: _Report) -> None:
+def _check_across(p: dict[str, Any], r: Report) -> None:
     """Rules that span sections; each runs only when the fields it reads are valid."""
     data, model, loss, train, scaling, failure = (
         p[key] for key in ("data", "model", "loss", "train", "scaling", "failure"))
@@ -702,10 +504,10 @@ def _check_across(p: dict[str, Any], r: _Report) -> None:
                                      f"at most {most} workers (ranks 0..{most - 1})")
 
 
-def _build(raw: Mapping, report: _Report, default_name: str | None) -> JobSpec | None:
+def _build(raw: Mapping, report: Report, default_name: str | None) -> JobSpec | None:
     """The JobSpec with data.lanes resolved, or None with every problem in `report`."""
-    top = _Fields(raw, "", report)
-    name = top.value("name", _REQUIRED if default_name is None else default_name, _as_name,
+    top = Fields(raw, "", report)
+    name = top.value("name", REQUIRED if default_name is None else default_name, _as_name,
                      why="the run's name; it becomes a directory name")
     if "name" not in raw and default_name is not None and not _RUN_NAME.fullmatch(default_name):
         top.add("name", f"required: the file name '{default_name}' cannot stand in, as a run name must start "
@@ -733,7 +535,7 @@ def _apply(raw: Mapping, overrides: Sequence[str]) -> tuple[dict, list[str]]:
     for item in overrides:
         try:
             _set(result, item)
-        except _Bad as bad:
+        except Bad as bad:
             problems.append(f"--set {item!r}: {bad.message}")
     return result, problems
 
@@ -742,11 +544,11 @@ def _set(root: dict, item: str) -> None:
     key, eq, text = item.partition("=")
     parts = [part.strip() for part in key.split(".")]
     if not eq or not all(parts):
-        raise _Bad("expected key.path=value, e.g. train.epochs=3")
+        raise Bad("expected key.path=value, e.g. train.epochs=3")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise _Bad(f"the value is not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        raise Bad(f"the value is not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
     node = root
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -757,7 +559,7 @@ def _set(root: dict, item: str) -> None:
         elif isinstance(child, Mapping):
             child = dict(child)
         else:
-            raise _Bad(f"'{'.'.join(parts[:depth + 1])}' is {_describe(child)}, not a mapping, "
+            raise Bad(f"'{'.'.join(parts[:depth + 1])}' is {describe(child)}, not a mapping, "
                        f"so it cannot hold '{parts[depth + 1]}'")
         node[part] = node = child
     node[parts[-1]] = value
@@ -782,11 +584,11 @@ def from_dict(raw: Mapping, overrides: Sequence[str] = (), source: str | None = 
     """A validated JobSpec from a job file's mapping plus overrides, with data.lanes resolved.
     Raises one SpecError (carrying `source`) that lists every problem found."""
     if not isinstance(raw, Mapping):
-        raise SpecError([_not_a_mapping(_describe(raw))], source)
+        raise SpecError([_not_a_mapping(describe(raw))], source)
     raw, problems = _apply(raw, overrides)
     if problems:
         raise SpecError(problems, source)
-    report = _Report()
+    report = Report()
     spec = _build(raw, report, default_name)
     if spec is None:
         raise SpecError(report.problems, source)
@@ -810,6 +612,6 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> JobSpec:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpecError([f"cannot read the job file: {exc}"], source) from None
     if not isinstance(raw, Mapping):
-        got = "an empty file" if raw is None else _describe(raw)
+        got = "an empty file" if raw is None else describe(raw)
         raise SpecError([_not_a_mapping(got)], source)
     return from_dict(raw, overrides, source=source, default_name=path.stem)

@@ -14,26 +14,20 @@ It does not parse arguments or print: progress reaches the caller through
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-import pyarrow.fs
 
-from orchestrator import checkpoint, settings, storage, tracking
+from orchestrator import runfolder, settings, storage, tracking
 from orchestrator.data import plan, source
 from orchestrator.data.source import DatasetIndex
 from orchestrator.errors import DataError, LaunchError, OrchestratorError, SpecError, TrainingError
 from orchestrator.spec import JobSpec
 
-SUMMARY_FILE = "summary.json"
-RUN_FILE = "run.json"
-MODEL_FILE = "model.pt"
 
 
 @dataclass(frozen=True)
@@ -145,12 +139,12 @@ def run(
     started_at = time.time()
     prepared = prepare(job)
     fs, run_path = storage.arrow_filesystem(prepared.run_url)
-    finished = _prepare_run_folder(fs, run_path, prepared, fresh, on_record)
+    finished = runfolder.open_run(fs, run_path, prepared.run_url, prepared.job, fresh, on_record)
     if finished is not None:
         return finished
-    previous = tracking.read_json(fs, f"{run_path}/{RUN_FILE}")
-    meta = tracking.run_metadata(prepared.job.to_dict(), previous, _versions(), _git_commit())
-    tracking.write_json(fs, f"{run_path}/{RUN_FILE}", meta)
+    run_file = f"{run_path}/{runfolder.RUN_FILE}"
+    meta = tracking.run_metadata(prepared.job.to_dict(), tracking.read_json(fs, run_file))
+    tracking.write_json(fs, run_file, meta)
 
     relay = tracking.Relay(meta, _exporters(prepared, meta), on_record)
 
@@ -171,40 +165,16 @@ def run(
             ray.shutdown()
     summary.dropped_rows_per_epoch = prepared.dropped_rows
     if error is None:
-        _finish_run_folder(fs, run_path, prepared, summary)
+        runfolder.finish(fs, run_path, prepared.run_url, prepared.job, summary)
     if summary.checkpoint:
         summary.checkpoint = storage.join(prepared.run_url, summary.checkpoint)
     summary.status = "failed" if error else "finished"
     summary.error = str(error) if error else None
-    tracking.write_json(fs, f"{run_path}/{SUMMARY_FILE}", summary.to_dict())
-    tracking.write_json(fs, f"{run_path}/{RUN_FILE}", {**meta, "ended_at": time.time()})
+    tracking.write_json(fs, f"{run_path}/{runfolder.SUMMARY_FILE}", summary.to_dict())
+    tracking.write_json(fs, run_file, {**meta, "ended_at": time.time()})
     if error:
         raise error
     return summary
-
-
-def _finish_run_folder(fs: pyarrow.fs.FileSystem, run_path: str, prepared: PreparedJob, summary) -> None:
-    """Prune checkpoints; export model.pt and metrics.parquet from storage into the run folder."""
-    job = prepared.job
-    # Ray Train prunes what it registered; this also removes checkpoints it never
-    # registered and uploads cut short, so exactly the newest `keep` complete ones
-    # stay. Never after a failure: Ray's snapshot must still find what it lists.
-    checkpoint.prune(fs, run_path, job.checkpoint.keep)
-    # The final checkpoint is the newest in storage, also when this session trained
-    # nothing (a driver that died after the last checkpoint, before the summary).
-    final = _newest_complete(fs, run_path)
-    if final is None:
-        return
-    name, manifest = final
-    summary.checkpoint, summary.steps = name, max(summary.steps, manifest["step"])
-    fs.copy_file(f"{run_path}/{name}/{checkpoint.HISTORY_FILE}", f"{run_path}/{checkpoint.HISTORY_FILE}")
-    exported = name
-    if job.early_stopping and job.early_stopping.export == "best":
-        exported = checkpoint.newest_best(fs, run_path) or name
-    fs.copy_file(f"{run_path}/{exported}/{MODEL_FILE}", f"{run_path}/{MODEL_FILE}")
-    summary.model = storage.join(prepared.run_url, MODEL_FILE)
-    if exported != name:  # model.pt holds the best epoch's weights
-        summary.best = {**(summary.best or {}), "checkpoint": storage.join(prepared.run_url, exported)}
 
 
 def _exporters(prepared: PreparedJob, meta: dict) -> list:
@@ -214,33 +184,6 @@ def _exporters(prepared: PreparedJob, meta: dict) -> list:
     from orchestrator import exporters
 
     return exporters.open_exporters(prepared.job, prepared.run_url, meta)
-
-
-def _versions() -> dict[str, str]:
-    import platform
-
-    import pyarrow
-    import torch
-
-    from orchestrator import __version__
-
-    return {"orchestrator": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "pyarrow": pyarrow.__version__, "ray": _ray_version()}
-
-
-def _ray_version() -> str:
-    from importlib.metadata import version
-
-    return version("ray")
-
-
-def _git_commit() -> str | None:
-    """The commit of the working directory's git checkout, if there is one (best effort)."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _fit(prepared: PreparedJob, board, on_record, audit_samples: bool) -> tuple[list[dict], OrchestratorError | None]:
@@ -440,74 +383,6 @@ def _check_storage(job: JobSpec) -> None:
         "(`--storage s3://bucket/runs`; `pip install -e .[s3]` on the nodes), or a path on an NFS mount "
         f"present on every node, declared with {settings.ALLOW_LOCAL_STORAGE.name}=1."
     )
-
-
-# Job settings that may change when a run resumes: where it runs and how it reports,
-# not what it computes. Anything else differing from the checkpoint's job is refused.
-_MAY_CHANGE_ON_RESUME = (
-    "name", "storage", "scaling", "failure", "checkpoint", "data.prefetch_batches", "data.generate",
-    "train.log_every_n_steps", "train.compile",
-)
-
-
-def _prepare_run_folder(
-    fs: pyarrow.fs.FileSystem, run_path: str, prepared: PreparedJob, fresh: bool, on_record
-) -> tracking.RunSummary | None:
-    """Create the run folder, or decide how an earlier run of this name continues.
-
-    Returns the stored summary of a run that already finished (nothing to do);
-    None when training should start, fresh or resuming from the newest
-    complete checkpoint (announced through `on_record`).
-    """
-    if fresh:
-        if fs.get_file_info(run_path).type != pyarrow.fs.FileType.NotFound:
-            fs.delete_dir(run_path)
-    if fs.get_file_info(run_path).type == pyarrow.fs.FileType.NotFound:
-        fs.create_dir(run_path, recursive=True)
-        return None
-    summary_path = f"{run_path}/{SUMMARY_FILE}"
-    if fs.get_file_info(summary_path).type != pyarrow.fs.FileType.NotFound:
-        with fs.open_input_stream(summary_path) as f:
-            stored = json.loads(f.read())
-        if stored.get("status") == "finished":
-            summary = tracking.RunSummary(**stored)
-            on_record({"kind": "already_complete", "step": summary.steps, "run_dir": summary.run_dir})
-            return summary
-    newest = _newest_complete(fs, run_path)
-    if newest is not None:
-        name, manifest = newest
-        changed = _differences(checkpoint.read_job(fs, f"{run_path}/{name}"), prepared.job.to_dict())
-        if changed:
-            raise LaunchError(
-                f"the run at {prepared.run_url} was started with a different job, so it cannot resume: "
-                + "; ".join(changed) + ". Pass --fresh to start it over, or --name to start another run."
-            )
-        on_record({"kind": "resume", "checkpoint": name, "step": manifest["step"]})
-    return None
-
-
-def _newest_complete(fs: pyarrow.fs.FileSystem, run_path: str) -> tuple[str, dict] | None:
-    """The newest checkpoint in the run folder whose files are all there, with its manifest."""
-    for name in checkpoint.newest_first(fs, run_path):
-        manifest = checkpoint.peek(fs, f"{run_path}/{name}")
-        if manifest is not None:
-            return name, manifest
-    return None
-
-
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """'key.path: old → new' for every training setting that differs between two resolved jobs."""
-    found = []
-    for key in sorted(set(old) | set(new)):
-        path = f"{prefix}{key}"
-        if path in _MAY_CHANGE_ON_RESUME:
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, f"{path}.")
-        elif a != b:
-            found.append(f"{path}: {a!r} → {b!r}")
-    return found
 
 
 def _explain_failure(error: BaseException, job: JobSpec) -> OrchestratorError:

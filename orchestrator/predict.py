@@ -37,7 +37,7 @@ from orchestrator.data import source
 from orchestrator.data.reader import validation_batches
 from orchestrator.errors import CheckpointError, DataError
 from orchestrator.errors import ReportError
-from orchestrator.reports import RUN_FILE
+from orchestrator.runfolder import RUN_FILE
 
 DEFAULT_BATCH_ROWS = 65_536
 

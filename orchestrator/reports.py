@@ -26,10 +26,8 @@ import pyarrow.parquet as pq
 
 from orchestrator import storage, tracking
 from orchestrator.errors import ReportError
+from orchestrator.runfolder import HISTORY_FILE, RUN_FILE, SUMMARY_FILE
 
-SUMMARY_FILE = "summary.json"
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.parquet"
 REPORT_DIR = "report"
 VALIDATION_SCORES = ("val/accuracy", "val/r2")  # higher is better; one of them per run
 
@@ -84,7 +82,7 @@ def open_run(url: str) -> Run:
             "Name a folder under the job's storage (see `orchestrator runs STORAGE`)."
         )
     try:
-        history = pq.read_table(f"{path}/{METRICS_FILE}", filesystem=fs)
+        history = pq.read_table(f"{path}/{HISTORY_FILE}", filesystem=fs)
     except FileNotFoundError:
         history = None
     name = (meta or {}).get("name") or (summary or {}).get("name") or path.rstrip("/").rsplit("/", 1)[-1]
@@ -275,7 +273,7 @@ def report_figures(run: Run) -> dict[str, Any]:
     `metrics.png` (learning rate, accuracy or R², samples/s), each with the early-stopping point
     and restarts marked. Every plotted line carries the metric name it shows as its label."""
     if run.history is None:
-        raise ReportError(f"Run {run.name!r} at {run.url!r} has no {METRICS_FILE} yet: nothing to plot.")
+        raise ReportError(f"Run {run.name!r} at {run.url!r} has no {HISTORY_FILE} yet: nothing to plot.")
     plt = _pyplot()
     figures = {}
     fig, ax = plt.subplots(figsize=(9, 5))

@@ -25,6 +25,7 @@ Records are plain dicts with a "kind":
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -205,12 +206,31 @@ def fit_diagnosis(epochs: list[dict]) -> dict[str, Any] | None:
     return fit
 
 
-def run_metadata(job: dict, previous: dict | None, versions: dict, git_commit: str | None) -> dict:
+def run_metadata(job: dict, previous: dict | None) -> dict:
     """run.json at the start of a driver session, continuing `previous` when the run resumes."""
     meta = previous or {"started_at": time.time(), "world_sizes": [], "restarts": [], "trackers": {}, "sessions": 0}
-    meta.update(name=job["name"], job=job, status="running", versions=versions, git_commit=git_commit)
+    meta.update(name=job["name"], job=job, status="running", versions=_versions(), git_commit=_git_commit())
     meta["sessions"] = meta.get("sessions", 0) + 1
     return meta
+
+
+def _versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import version
+
+    from orchestrator import __version__
+
+    return {"orchestrator": __version__, "python": platform.python_version(),
+            **{package: version(package) for package in ("torch", "ray", "pyarrow", "fsspec")}}
+
+
+def _git_commit() -> str | None:
+    """The commit of the working directory's git checkout, if there is one (best effort)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def record_in_metadata(meta: dict, record: dict, pending_cause: list[str]) -> None:

@@ -80,7 +80,7 @@ class Broken:
 
 
 def test_the_relay_never_lets_a_metric_step_rewind_and_survives_a_broken_exporter():
-    meta = tracking.run_metadata({"name": "x"}, None, {}, None)
+    meta = tracking.run_metadata({"name": "x"}, None)
     collecting, seen = Collecting(), []
     relay = tracking.Relay(meta, [collecting, Broken()], seen.append)
     row = lambda step: {"step": step, "epoch": 0, "name": "train/loss", "value": 1.0 / step, "time": 0.0}  # noqa: E731

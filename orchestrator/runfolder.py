@@ -1,0 +1,118 @@
+"""The run folder `<storage>/<name>/`: how a run starts there and what it leaves behind.
+
+Owns the folder's lifecycle and file names. At the start: create it, or find
+that the run already finished, or resume from its newest complete checkpoint
+(refusing a job whose training settings changed), or delete it for `--fresh`.
+At the end: prune checkpoints and export `model.pt` and `metrics.parquet`
+from storage. Checkpoint contents belong to `checkpoint`; summaries and
+run.json's content to `tracking`.
+
+    model.pt          the final (or, with early stopping, the best) weights
+    metrics.parquet   the metric history (tracking.HISTORY_SCHEMA)
+    summary.json      tracking.RunSummary
+    run.json          job, versions, world sizes, restarts (tracking.run_metadata)
+    step-NNNNNNNN/    checkpoints;  best-NNNNNNNN/  the best one, with early stopping
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pyarrow.fs
+
+from orchestrator import checkpoint, storage, tracking
+from orchestrator.errors import LaunchError
+from orchestrator.spec import JobSpec
+
+MODEL_FILE = checkpoint.MODEL_FILE
+HISTORY_FILE = checkpoint.HISTORY_FILE
+SUMMARY_FILE = "summary.json"
+RUN_FILE = "run.json"
+
+# Job settings that may change when a run resumes: where it runs and how it reports,
+# not what it computes. Anything else differing from the checkpoint's job is refused.
+MAY_CHANGE_ON_RESUME = (
+    "name", "storage", "scaling", "failure", "checkpoint", "tracking", "data.prefetch_batches",
+    "data.generate", "train.log_every_n_steps", "train.compile",
+)
+
+
+def open_run(
+    fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, job: JobSpec, fresh: bool,
+    on_record: Callable[[dict], None],
+) -> tracking.RunSummary | None:
+    """Create the run folder, or decide how an earlier run of this name continues.
+
+    Returns the stored summary of a run that already finished (nothing to do);
+    None when training should start, fresh or resuming from the newest
+    complete checkpoint (announced through `on_record`). Raises LaunchError
+    when the checkpoint's job differs from `job` in a training setting.
+    """
+    if fresh and fs.get_file_info(run_path).type != pyarrow.fs.FileType.NotFound:
+        fs.delete_dir(run_path)
+    if fs.get_file_info(run_path).type == pyarrow.fs.FileType.NotFound:
+        fs.create_dir(run_path, recursive=True)
+        return None
+    stored = tracking.read_json(fs, f"{run_path}/{SUMMARY_FILE}")
+    if stored and stored.get("status") == "finished":
+        summary = tracking.RunSummary(**stored)
+        on_record({"kind": "already_complete", "step": summary.steps, "run_dir": summary.run_dir})
+        return summary
+    newest = newest_complete(fs, run_path)
+    if newest is not None:
+        name, manifest = newest
+        changed = differences(checkpoint.read_job(fs, f"{run_path}/{name}"), job.to_dict())
+        if changed:
+            raise LaunchError(
+                f"the run at {run_url} was started with a different job, so it cannot resume: "
+                + "; ".join(changed) + ". Pass --fresh to start it over, or --name to start another run."
+            )
+        on_record({"kind": "resume", "checkpoint": name, "step": manifest["step"]})
+    return None
+
+
+def finish(fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, job: JobSpec, summary: tracking.RunSummary) -> None:
+    """After a successful run: prune checkpoints; export model.pt and metrics.parquet into the folder."""
+    # Ray Train prunes what it registered; this also removes checkpoints it never
+    # registered and uploads cut short, so exactly the newest `keep` complete ones
+    # stay. Never after a failure: Ray's snapshot must still find what it lists.
+    checkpoint.prune(fs, run_path, job.checkpoint.keep)
+    # The final checkpoint is the newest in storage, also when this session trained
+    # nothing (a driver that died after the last checkpoint, before the summary).
+    final = newest_complete(fs, run_path)
+    if final is None:
+        return
+    name, manifest = final
+    summary.checkpoint, summary.steps = name, max(summary.steps, manifest["step"])
+    fs.copy_file(f"{run_path}/{name}/{HISTORY_FILE}", f"{run_path}/{HISTORY_FILE}")
+    exported = name
+    if job.early_stopping and job.early_stopping.export == "best":
+        exported = checkpoint.newest_best(fs, run_path) or name
+    fs.copy_file(f"{run_path}/{exported}/{MODEL_FILE}", f"{run_path}/{MODEL_FILE}")
+    summary.model = storage.join(run_url, MODEL_FILE)
+    if exported != name:  # model.pt holds the best epoch's weights
+        summary.best = {**(summary.best or {}), "checkpoint": storage.join(run_url, exported)}
+
+
+def newest_complete(fs: pyarrow.fs.FileSystem, run_path: str) -> tuple[str, dict] | None:
+    """The newest checkpoint in the run folder whose files are all there, with its manifest."""
+    for name in checkpoint.newest_first(fs, run_path):
+        manifest = checkpoint.peek(fs, f"{run_path}/{name}")
+        if manifest is not None:
+            return name, manifest
+    return None
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key.path: old → new' for every training setting that differs between two resolved jobs."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        if path in MAY_CHANGE_ON_RESUME:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{path}.")
+        elif a != b:
+            found.append(f"{path}: {a!r} → {b!r}")
+    return found

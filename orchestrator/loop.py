@@ -282,9 +282,9 @@ class _Worker:
         cursor, epoch = self.reader.state(), self._epoch_in_progress()
         complete = cursor.batch in (0, self.batches_per_epoch)
         loss, rows = _all_reduce_sum([progress.epoch_loss, progress.epoch_rows], self.device)
+        rate = rows / max(time.perf_counter() - progress.epoch_started, 1e-9)  # training only, not validation
         train_metrics = {"loss": loss / max(rows, 1)}
         validation = self._validate()
-        rate = rows / max(time.perf_counter() - progress.epoch_started, 1e-9)
         values = {"epoch/train_loss": train_metrics["loss"], "epoch/samples_per_s": rate}
         values.update({f"val/{name}": value for name, value in validation.items()})
         history_rows = self.history.add(self.step, epoch, values, time.time())

@@ -112,7 +112,7 @@ class RunSummary:
     samples: int = 0
     train: dict[str, float] = field(default_factory=dict)
     validation: dict[str, float] = field(default_factory=dict)
-    samples_per_s: float | None = None
+    samples_per_s: float | None = None  # steady-state training throughput (median of log intervals)
     world_size: int | None = None
     world_sizes: list[int] = field(default_factory=list)
     restarts: int = 0
@@ -152,9 +152,11 @@ def summarize(name: str, run_dir: str, records: list[dict], started_at: float) -
         summary.train = dict(last.get("train", {}))
         summary.validation = dict(last.get("validation", {}))
         summary.dropped_rows_per_epoch = last.get("dropped_rows")
-    rates = [r["samples_per_s"] for r in logs + epochs if r.get("samples_per_s")]
+    # Steady-state training throughput: the median over log intervals (epoch ends, which
+    # include checkpoint reports, when the run logged too rarely to have intervals).
+    rates = sorted(r["samples_per_s"] for r in (logs or epochs) if r.get("samples_per_s"))
     if rates:
-        summary.samples_per_s = round(sum(rates) / len(rates), 1)
+        summary.samples_per_s = rates[len(rates) // 2]
     progress = [r for r in records if "step" in r and r["kind"] in ("log", "epoch", "checkpoint")]
     if progress:
         summary.steps = max(r["step"] for r in progress)

@@ -65,11 +65,21 @@ def machines() -> set[str]:
 
 
 def job_working_dir() -> str | None:
-    """The driver's working directory when Ray unpacked it for a job (each node has its own copy), else None."""
+    """The driver's working directory when Ray unpacked it for a job (each node has its own copy), else None.
+
+    A `local://` working dir is used in place, not unpacked, so it gives None.
+    """
     import ray
 
-    runtime_env = ray.get_runtime_context().runtime_env
-    return os.getcwd() if runtime_env.get("working_dir") else None
+    uri = ray.get_runtime_context().runtime_env.get("working_dir") or ""
+    if not uri or uri.startswith("local://"):
+        return None
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        # Nodes sharing one disk (the fake multi-node provider) re-unpack the same
+        # directory, which removes the one this process stands in; the shell's PWD still names it.
+        return os.environ.get("PWD")
 
 
 def largest_node() -> dict[str, float]:

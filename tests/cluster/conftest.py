@@ -30,10 +30,20 @@ from tests.conftest import REPO
 QUICK = ["--set", "data.generate.rows=6000", "--set", "train.epochs=2", "--set", "checkpoint.every_n_steps=5"]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free right now (all held open together, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class RayHead:
@@ -44,10 +54,10 @@ class RayHead:
         self.token_path = os.path.join(self.tmp, "auth_token")
         with open(self.token_path, "w") as f:
             f.write(secrets.token_hex(32))
-        ports = {name: free_port() for name in (
-            "port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-            "metrics-export-port")}
+        names = ("port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                 "metrics-export-port")
+        ports = dict(zip(names, free_ports(len(names))))
         self.gcs_address = f"127.0.0.1:{ports['port']}"
         self.url = f"http://127.0.0.1:{ports['dashboard-port']}"
         command = ["ray", "start", "--head", "--block", f"--num-cpus={num_cpus}", "--dashboard-host=127.0.0.1",

@@ -149,13 +149,16 @@ def run(
     relay = tracking.Relay(meta, _exporters(prepared, meta), on_record)
 
     import ray  # deferred: `orchestrator validate` never pays for importing Ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     meta["status"] = "failed"  # until training ends well; exporters read it when they close
     embedded = _connect(address, verbose)
     try:
         _check_resources(prepared.job)
         _check_storage(prepared.job)
-        board = ray.remote(tracking.RunBoard).options(num_cpus=0).remote()
+        # On the driver's node: losing a worker node must not lose the run's progress board.
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        board = ray.remote(tracking.RunBoard).options(num_cpus=0, scheduling_strategy=here).remote()
         records, error = _fit(prepared, board, relay, audit_samples)
         meta["status"] = "failed" if error else "finished"
         summary = tracking.summarize(job.name, prepared.run_url, records, started_at)

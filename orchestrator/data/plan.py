@@ -140,6 +140,10 @@ class EpochPlan:
         rng = np.random.default_rng([self.seed, self.epoch, lane, window])
         return rng.permutation(size).astype(np.int64)
 
+    def window_positions(self, lane: int, window: int) -> np.ndarray:
+        """Stream positions of one window of a lane, in the window's shuffled order."""
+        return self.lane_start(lane) + window * self.window_rows + self.window_permutation(lane, window)
+
     def chunk_positions(self, lane: int, batch: int) -> np.ndarray:
         """Stream positions of the rows `lane` gives to global batch `batch`, in batch order."""
         size = self.lane_sizes[lane]

@@ -179,13 +179,14 @@ class ShardReader:
 
     def _batches(self, epoch_plan: EpochPlan, first: int) -> Iterator[Batch]:
         source = RowGroupSource(self.index, self.label_dtype)
-        cache: dict[int, _Decoded] = {}
+        decoded: dict[int, _Decoded] = {}  # row groups the lanes' current and next windows draw from
+        windows: dict[int, tuple[int, _Decoded]] = {}  # each owned lane's current window, shuffled
         try:
             for b in range(first, epoch_plan.batches):
-                yield self._gather(epoch_plan, b, source, cache)
+                yield self._batch(epoch_plan, b, source, decoded, windows)
                 needed = self._needed(epoch_plan, b + 1) if b + 1 < epoch_plan.batches else set()
-                for position in [p for p in cache if p not in needed]:
-                    del cache[position]
+                for position in [p for p in decoded if p not in needed]:
+                    del decoded[position]
         finally:
             source.close()
 
@@ -195,30 +196,54 @@ class ShardReader:
             needed.update(epoch_plan.groups_in(*epoch_plan.window_span(lane, batch)).tolist())
         return needed
 
-    def _gather(self, epoch_plan: EpochPlan, b: int, source: RowGroupSource, cache: dict) -> Batch:
+    def _batch(self, epoch_plan: EpochPlan, b: int, source: RowGroupSource, decoded: dict, windows: dict) -> Batch:
+        """This rank's rows of global batch `b`: a slice of each owned lane's shuffled window."""
         n, width = self.rows_per_batch, len(self.index.features)
         # Pinned (page-locked) batches let the loop's non_blocking copies to a GPU overlap compute.
         features = torch.empty((n, width), dtype=torch.float32, pin_memory=self.pin_memory)
         labels = torch.empty(n, dtype=getattr(torch, self.label_dtype), pin_memory=self.pin_memory)
         ids = torch.empty(n, dtype=torch.int64)
-        out_f, out_l, out_i = features.numpy(), labels.numpy(), ids.numpy()
+        out = (features.numpy(), labels.numpy(), ids.numpy())
         at = 0
         for lane in self.owned:
-            groups, offsets = epoch_plan.locate(epoch_plan.chunk_positions(lane, b))
-            for position in np.unique(groups):
-                if position not in cache:
-                    rg = self.index.row_groups[position]
-                    rows = None
-                    if self.holdout_fraction:
-                        rows = planning.train_rows(rg.first_row, rg.num_rows, self.holdout_fraction)
-                    cache[position] = source.read(int(position), rows)
-                decoded, where = cache[position], np.flatnonzero(groups == position) + at
-                picked = offsets[where - at]
-                out_f[where] = decoded.features[picked]
-                out_l[where] = decoded.labels[picked]
-                out_i[where] = decoded.ids[picked]
-            at += len(groups)
+            first = b * epoch_plan.lane_sizes[lane]
+            stop = first + epoch_plan.lane_sizes[lane]
+            while first < stop:
+                window, offset = divmod(first, epoch_plan.window_rows)
+                rows = self._window(epoch_plan, lane, window, source, decoded, windows)
+                take = min(stop - first, len(rows.ids) - offset)
+                for target, column in zip(out, (rows.features, rows.labels, rows.ids)):
+                    target[at : at + take] = column[offset : offset + take]
+                at, first = at + take, first + take
         return Batch(features, labels, ids)
+
+    def _window(
+        self, epoch_plan: EpochPlan, lane: int, window: int, source: RowGroupSource, decoded: dict, windows: dict
+    ) -> _Decoded:
+        """A lane's window with its rows gathered once, in shuffled order, so batches take plain slices."""
+        current = windows.get(lane)
+        if current is not None and current[0] == window:
+            return current[1]
+        groups, offsets = epoch_plan.locate(epoch_plan.window_positions(lane, window))
+        rows = _Decoded(
+            np.empty((len(groups), len(self.index.features)), dtype=np.float32),
+            np.empty(len(groups), dtype=self.label_dtype),
+            np.empty(len(groups), dtype=np.int64),
+        )
+        for position in np.unique(groups):
+            if position not in decoded:
+                rg = self.index.row_groups[position]
+                kept = None
+                if self.holdout_fraction:
+                    kept = planning.train_rows(rg.first_row, rg.num_rows, self.holdout_fraction)
+                decoded[position] = source.read(int(position), kept)
+            where = np.flatnonzero(groups == position)
+            picked, group = offsets[where], decoded[position]
+            rows.features[where] = group.features[picked]
+            rows.labels[where] = group.labels[picked]
+            rows.ids[where] = group.ids[picked]
+        windows[lane] = (window, rows)
+        return rows
 
 
 def validation_batches(

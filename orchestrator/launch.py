@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -287,6 +288,7 @@ def _connect(address: str | None, verbose: bool) -> bool:
     if ray.is_initialized():
         return False
     if address:
+        _require_reachable(address)
         ray.init(address=address, log_to_driver=verbose, logging_level=quiet)
         return False
     # Workers of the embedded cluster import user model modules (jobs/…) from here.
@@ -301,6 +303,22 @@ def _connect(address: str | None, verbose: bool) -> bool:
     # Ray Train's own actors find this cluster, not another one on the machine.
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     return True
+
+
+def _require_reachable(address: str) -> None:
+    """LaunchError at once when nothing listens at a host:port address (Ray itself retries for minutes)."""
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "local": Ray resolves those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=settings.CONNECT_TIMEOUT_S.get_float()).close()
+    except OSError as error:
+        where = "RAY_ADDRESS" if address == settings.RAY_ADDRESS.get() else "--address"
+        raise LaunchError(
+            f"no Ray cluster answers at {address} (from {where}): {error.strerror or error}. Start the cluster, "
+            "fix the address, or unset RAY_ADDRESS to train on an embedded local Ray."
+        ) from None
 
 
 def _check_resources(job: JobSpec) -> None:

@@ -71,3 +71,6 @@ ALLOW_LOCAL_STORAGE = Setting(
 PLAIN_PROGRESS_INTERVAL_S = Setting(
     "ORCHESTRATOR_PLAIN_PROGRESS_INTERVAL_S", "30", "How often a run not on a terminal prints a progress line."
 )
+CONNECT_TIMEOUT_S = Setting(
+    "ORCHESTRATOR_CONNECT_TIMEOUT_S", "10", "How long joining a Ray cluster may wait for its address to answer."
+)

@@ -81,3 +81,17 @@ def test_set_overrides_reach_the_job(tmp_path, regression_data):
     result = orchestrator("validate", str(job_file), "--set", "train.batch_size=1000", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "global batches of 1000" in result.stdout
+
+
+def test_an_address_where_no_cluster_answers_fails_at_once_naming_it(tmp_path, regression_data):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(regression_job(regression_data[0], str(tmp_path / "runs"))))
+    result = orchestrator("run", str(job_file), "--address", f"127.0.0.1:{port}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"no Ray cluster answers at 127.0.0.1:{port} (from --address)" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,134 @@
+"""Run every benchmark side by side on the same generated data and write benchmarks/RESULTS.md.
+
+    python -m benchmarks.run            # the full run (about 10 minutes on 2 cores)
+    python -m benchmarks.run --quick    # tiny data: checks that everything runs
+
+Every measurement is a child process (see common.run_child), run one after
+another so none competes with another for the CPUs. Order:
+
+1. data: 1× and 10× datasets (benchmarks/data.py), written once and reused;
+2. reader (reader.py): raw pyarrow, ours, Ray Data at 1× and 10×, each after
+   a pass that warms the page cache with that dataset; a cProfile of ours;
+3. end to end (e2e.py): plain loop, Ray Train + Ray Data, torchrun 2 procs,
+   ours 1 and 2 workers, one epoch of the 1× data;
+4. recovery (recovery.py): ours vs plain Ray Train, two kills each;
+5. checkpoint stall (stall.py): ours (ASYNC) vs plain SYNC (and plain ASYNC).
+
+The raw figures go to benchmarks/.work/results.json, the report to
+benchmarks/RESULTS.md (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import shlex
+import sys
+import time
+
+from benchmarks import data, report
+from benchmarks.common import REPO, WORK, module_argv, run_child
+
+READERS = ("raw", "ours", "raydata")
+
+
+def measure_readers(datasets: dict[str, pathlib.Path], repeats: int) -> dict:
+    """{size: {reader: result}}; raw and ours keep the run with the median rows/s of `repeats`."""
+    results: dict[str, dict] = {}
+    for size, directory in datasets.items():
+        data.warm_page_cache(directory)
+        results[size] = {}
+        for reader in READERS:
+            times = 1 if reader == "raydata" else repeats
+            runs = [_child("reader", reader, f"reader-{reader}-{size}", data=str(directory)) for _ in range(times)]
+            runs.sort(key=lambda r: r["rows_per_s"])
+            results[size][reader] = {**runs[len(runs) // 2], "runs_rows_per_s": [r["rows_per_s"] for r in runs]}
+    results["profile_ours_1x"] = _child("reader", "profile_ours", "reader-profile", data=str(datasets["1x"]))
+    return results
+
+
+def measure_e2e(directory: pathlib.Path) -> dict:
+    results = {
+        "plain_loop": _child("e2e", "plain_loop", "e2e-plain", data=str(directory)),
+        "ray_data_train": _child("e2e", "ray_data_train", "e2e-raydata", data=str(directory)),
+        "torchrun_2p": _torchrun(directory),
+        "ours_1w": _child("e2e", "ours", "e2e-ours-1w", data=str(directory), workers=1),
+        "ours_2w": _child("e2e", "ours", "e2e-ours-2w", data=str(directory), workers=2),
+    }
+    for result in results.values():
+        result["time_to_first_step_s"] = round(result["first_step_time"] - result["spawn_time"], 3)
+    return results
+
+
+def measure_recovery(directory: pathlib.Path) -> dict:
+    return {name: _child("recovery", name, f"recovery-{name}", data=str(directory)) for name in ("ours", "plain")}
+
+
+def measure_stall(directory: pathlib.Path) -> dict:
+    return {name: _child("stall", name, f"stall-{name}", data=str(directory))
+            for name in ("ours", "plain_sync", "plain_async")}
+
+
+def _child(module: str, case: str, label: str, **args) -> dict:
+    out = WORK / "out" / f"{label}.json"
+    return _run(label, module_argv(module, case, out, **args), out)
+
+
+def _torchrun(directory: pathlib.Path) -> dict:
+    out = WORK / "out" / "e2e-torchrun.json"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            *module_argv("e2e", "torchrun_worker", out, data=str(directory))[1:]]
+    return _run("e2e-torchrun", argv, out)
+
+
+def _run(label: str, argv: list[str], out: pathlib.Path) -> dict:
+    """One measurement; a failed one is retried once and the failure kept in the results."""
+    print(f"  {label} …", end="", flush=True)
+    try:
+        result = run_child(argv, out)
+    except RuntimeError as error:
+        print(" failed, retrying …", end="", flush=True)
+        failure = str(error).splitlines()[0]
+        result = {**run_child(argv, out), "retried_after": failure}
+    print(f" {result['process_wall_s']:.1f} s", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny data, to check that everything runs")
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="the report (default benchmarks/RESULTS.md; "
+                        "--quick writes benchmarks/.work/RESULTS-quick.md)")
+    options = parser.parse_args(argv)
+    out = options.out or (WORK / "RESULTS-quick.md" if options.quick else REPO / "benchmarks" / "RESULTS.md")
+    (WORK / "out").mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    prefix = "quick-" if options.quick else ""
+    layouts = data.layouts(options.quick)
+    print("data …", flush=True)
+    datasets = {size: data.ensure(prefix + size, layout) for size, layout in layouts.items()}
+    results = {
+        "command": "python -m benchmarks.run" + (" --quick" if options.quick else ""),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": report.machine(),
+        "layouts": {size: layout.describe() for size, layout in layouts.items()},
+        "data_s": round(time.time() - started, 1),
+    }
+    print("reader …", flush=True)
+    results["reader"] = measure_readers(datasets, repeats=3)
+    print("end to end …", flush=True)
+    results["e2e"] = measure_e2e(datasets["1x"])
+    print("recovery …", flush=True)
+    results["recovery"] = measure_recovery(datasets["1x"])
+    print("stall …", flush=True)
+    results["stall"] = measure_stall(datasets["1x"])
+    results["total_s"] = round(time.time() - started, 1)
+    (WORK / ("results-quick.json" if options.quick else "results.json")).write_text(json.dumps(results, indent=2))
+    out.write_text(report.render(results))
+    print(f"wrote {out} in {results['total_s']:.0f} s ({shlex.join(sys.argv)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -197,12 +197,15 @@ def plain_batches(directory: str, *, batch_rows: int = BATCH, rank: int = 0, wor
     groups = row_groups(parquet_files(directory))[rank::world]
     skip_rows = skip_batches * batch_rows
     carry_f, carry_l = None, None
-    handles: dict[str, pq.ParquetFile] = {}
+    handle, handle_path = None, None  # one open file at a time: an open ParquetFile keeps what it read (peak RSS grew with data)
     for path, index, rows in groups:
         if skip_rows >= rows:
             skip_rows -= rows
             continue
-        handle = handles.setdefault(path, pq.ParquetFile(path))
+        if handle is None or handle_path != path:
+            if handle is not None:
+                handle.close()
+            handle, handle_path = pq.ParquetFile(path), path
         table = handle.read_row_group(index, columns=[*FEATURES, LABEL])
         features = np.column_stack([table.column(name).to_numpy() for name in FEATURES])
         labels = table.column(LABEL).to_numpy()
@@ -214,3 +217,5 @@ def plain_batches(directory: str, *, batch_rows: int = BATCH, rank: int = 0, wor
         for at in range(0, full, batch_rows):
             yield tf[at:at + batch_rows], tl[at:at + batch_rows]
         carry_f, carry_l = features[full:], labels[full:]
+    if handle is not None:
+        handle.close()

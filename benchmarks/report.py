@@ -162,6 +162,11 @@ def _reader(r: dict) -> str:
         "Peak RSS is the process's VmHWM; growth = peak − RSS just before reading.\n\n"
         + _table(["data", "reader", "rows", "rows/s", "steady rows/s", "first batch s", "peak RSS MiB",
                   "growth MiB"], rows)
+        + "\n\nOurs's peak RSS is flat with data size but ~130 MiB above raw's: its reader keeps up to 8 Parquet "
+          "files open (`_OPEN_FILES`), and an open `pyarrow.parquet.ParquetFile` keeps about one row group's buffers "
+          "(~12 MiB here) in Arrow's pool until it is closed, plus the decoded row groups and shuffled windows of "
+          "its 8 lanes. (The raw reader closes each file when it moves on; an earlier version that kept every file "
+          "open peaked at 1.4 GiB at 10×.)"
         + "\n\nNot in the table: our footer scan (`data.source.scan`) took "
         f"{ours[0]['scan_s']} s (1×) and {ours[1]['scan_s']} s (10×). Ray Data's `ray.init` took "
         f"{raydata[0]['ray_start_s']} s before its timer started; its decoding runs in Ray processes whose peaks add "
@@ -187,7 +192,9 @@ def _e2e(r: dict) -> str:
     return (
         "## End to end (issue 4)\n\n"
         "MLP 32→256→256→1 (ReLU), MSE, AdamW (lr 1e-3, weight decay 0.01), global batch 1024, one epoch of the 1× "
-        "data (2,048 steps). samples/s = (steps − 1) × 1024 / (time of the last step − time of the first step), "
+        "data (2,048 steps), 3 rounds of the five runs interleaved; the table gives medians over the rounds (each "
+        "round's figures are listed below it), and (a)-(d) come from the round with the median time to first "
+        "step. samples/s = (steps − 1) × 1024 / (time of the last step − time of the first step), "
         "startup excluded; for ours the two times are its `first_step` record and its last `log` record "
         "(train.log_every_n_steps 256, checkpoint.every_n_steps null; the epoch-end checkpoint comes after the "
         "last timed step). Time to first step = wall clock when the first optimizer step finished − when the "
@@ -211,19 +218,29 @@ def _e2e(r: dict) -> str:
         + _table(["run", "steps", "torch threads", "samples/s", "time to first step s", "(a) Ray up s",
                   "(b) group startup s", "(c) train fn setup s", "(d) first batch + step s", "process wall s",
                   "peak RSS MiB (driver)"], rows)
-        + f"\n\nOurs's log points, samples/s: 1 worker {ours[0]['log_samples_per_s']}; "
-          f"2 workers {ours[1]['log_samples_per_s']}."
+        + "\n\nEvery round:\n\n"
+        + "\n".join(f"- {labels[k]}: {_runs(x, 'samples_per_s')} samples/s; {_runs(x, 'time_to_first_step_s')} s"
+                    for k, x in e.items())
+        + f"\n\nOurs's log points (every 256 steps) in the median round, samples/s: 1 worker "
+          f"{ours[0]['log_samples_per_s']}; 2 workers {ours[1]['log_samples_per_s']}."
     )
 
 
 def _first_step_parts(x: dict) -> list:
-    """(a)-(d) of the time to first step for a Ray run, '-' for the others."""
+    """(a)-(d) of the time to first step for a Ray run (from its median-time round), '-' for the others."""
+    x = x.get("ttfs_run", x)
     timeline = x.get("ray_train")
     if not timeline or not timeline["controller_first_log_time"]:
         return ["-"] * 4
     return [round(timeline["controller_first_log_time"] - x["spawn_time"], 2), timeline["group_startup_s"][0],
             round(x["group_started_time"] - timeline["train_fn_launch_times"][0], 2),
             round(x["first_step_time"] - x["group_started_time"], 2)]
+
+
+def _runs(x: dict, key: str, percent: bool = False) -> str:
+    """Every round's value of `key`, e.g. "390313 / 429344 / 388100"."""
+    values = x.get("runs", {}).get(key, [x[key]])
+    return " / ".join(f"{v:.1%}" if percent else f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}" for v in values)
 
 
 def _recovery(r: dict) -> str:
@@ -271,6 +288,10 @@ def _stall(r: dict) -> str:
         "lands in step s + 1. Plain: `benchmarks/plain_train.py` times each step itself. Controller poll 0.5 s in "
         "all three (ours's default; set for the plain ones through RAY_TRAIN_HEALTH_CHECK_INTERVAL_S). Steps 1-10 "
         "are left out.\n\n"
+        "Three rounds of the three runs, interleaved; each figure is its median over the rounds "
+        f"(report_stall per round: ours {_runs(r['stall']['ours'], 'report_stall', True)}; amortized_stall: ours "
+        f"{_runs(r['stall']['ours'], 'amortized_stall', True)}, plain ASYNC "
+        f"{_runs(r['stall']['plain_async'], 'amortized_stall', True)}).\n\n"
         "- **report_stall** (the target's figure) = (mean duration of the steps that include a report − median step "
         "duration) / median step duration;\n"
         "- **amortized_stall** = Σ over each reporting step and the 9 after it of (duration − median), averaged "
@@ -321,49 +342,54 @@ def _profile_table(profile: dict) -> str:
 # Why a target is missed, from profiles taken on this machine on 2026-11-21 (py-spy 0.4.3 on the Ray
 # worker, cProfile, and small experiments named in each text); see benchmarks/README.md for how.
 _READER = (
-    "Both readers decode the same row groups with the same column projection (read_row_group + to_numpy: "
-    "~0.23 s per pass of the 1× data in the profile below, as in raw); the difference is what ours does on top. "
-    "(1) The shuffle: each lane's 8,192-row window is gathered once, in shuffled order, into a contiguous buffer "
-    "(a random-access copy of every row that raw, slicing one column-stacked copy, never makes); batches then "
-    "take plain slices of the windows. (2) Per-batch Python: for each batch and each of the 8 lanes a `_window` "
-    "lookup and three slice copies, plus `_needed` (two searchsorted and a set per lane) deciding which decoded "
-    "row groups to drop, though its answer only changes at window boundaries. (3) The first batch needs a "
-    "window per lane: all 8 lanes' row groups decoded and gathered, where raw needs one row group. (4) The "
-    "prefetch thread hands every batch over a queue; with a consumer that does nothing (this benchmark) the "
-    "handoffs cost most: prefetch off, the same reader reads ~3.3 M rows/s (0.8× raw) in a separate probe. In "
-    "training the thread overlaps compute that releases the GIL, which is what it is for. History: the first "
-    "version regenerated each window's permutation for every (lane, batch) and gathered with per-batch fancy "
-    "indexing (~1.0 M rows/s, 0.23× raw); windows gathered once brought it here. Left to do: compute `_needed` "
-    "once per window, and a cheaper handoff than queue.Queue for the prefetch thread."
+    "Both readers decode the same row groups with the same column projection (read_row_group + to_numpy + one "
+    "[rows, 32] copy: ~0.22 s per pass of the 1× data in the profile below, about what raw spends in all); the "
+    "difference is what ours does on top. (1) The shuffle: each lane's 8,192-row window is gathered once, in "
+    "shuffled order, into a contiguous buffer — a random-access copy of every row that raw (slices of one "
+    "column-stacked copy) never makes: ~0.2 s per pass (`_window`'s cumulative time minus the reads). (2) "
+    "Per-batch Python, ~0.2 s per pass: for each batch and each of the 8 lanes a `_window` lookup and three "
+    "slice copies into a fresh tensor, plus `_needed` (two searchsorted and a set per lane) deciding which "
+    "decoded row groups to drop, though its answer only changes at window boundaries (every 64 batches). (3) The "
+    "first batch needs a window per lane: all 8 lanes' row groups decoded and gathered, where raw needs one row "
+    "group. The prefetch thread is not the cause: in fresh processes on 2026-11-21 ours read 2.5-2.8 M rows/s "
+    "with `prefetch_batches` 0 and 2.5-2.7 M with 4 (raw: 5.5-5.9 M). Raw goes faster per row as the data grows "
+    "(its one-time costs amortize) while ours's per-row cost is flat, so the ratio is lower at 10×. Left to do "
+    "(reader owner): compute `_needed` once per window and cut each batch out of the lanes' windows with one "
+    "vectorized copy — about 0.6-0.65× raw by the profile; the shuffle's gather stays, so 0.8× is out of reach "
+    "for a reader that shuffles rows in numpy against one that does not. History: the first version regenerated "
+    "each window's permutation for every (lane, batch) (16,384 fresh 8,192-row permutations per pass) and read "
+    "~1.0 M rows/s (0.23× raw); commit 80f5627 gathers each window once."
 )
 _E2E = (
-    "py-spy on ours's worker (1 worker × 2 CPUs, one epoch, 200 Hz): of the training thread's samples, forward + "
-    "backward + AdamW take 77%, `_reseed` 9.5%, waiting for the next batch 5.5%, the rest bookkeeping. Three "
-    "causes, each measured: (1) `_reseed` calls `torch.manual_seed`, which on a CPU-only build goes through "
-    "`torch.cuda.manual_seed_all` → `torch.cuda._lazy_call`, and that formats the whole Python call stack "
-    "(`traceback.format_stack`, reading source lines) on every call to report a later CUDA error: 76 µs per call "
-    "in a shallow script, ~0.5 ms per step in the worker's deep stack; seeding only the CPU generator "
-    "(`torch.default_generator.manual_seed`) takes 1 µs. (2) On 2 cores the prefetch thread takes CPU from "
-    "torch's 2 OpenMP threads: compute per step is ~4.0 ms in the worker vs ~3.0 ms in the plain loop; the same "
-    "loop without a reader in a Ray task with 2 CPUs takes 3.3 ms (+8% from Ray's own threads), the rest is the "
-    "reader thread. With `data.prefetch_batches: 0` (reading inline) ours-1w trained at 248 K samples/s in a "
-    "separate run, against 172-199 K with the default 4. (3) Ray's worker environment: +8% as above. "
-    "Fixes belong to the loop (seed the CPU generator only, or the CUDA ones only when CUDA is initialized) and "
-    "the reader (no prefetch thread, or a cheaper one, when the worker has ≤ 2 CPUs)."
+    "py-spy on ours's worker at 200 Hz (1 worker × 2 CPUs, one epoch, code as of cc48543): of the training "
+    "thread's samples forward + backward + AdamW take 83%, waiting for the next batch 5.5%, `_reseed` 2.4%, "
+    "the rest is bookkeeping; the reader's prefetch thread is busy ~7% of a core. The compute itself is slower "
+    "than in the plain loop, for two measured reasons. (1) On 2 cores torch's 2 OpenMP threads use both cores, "
+    "so the prefetch thread preempts one of them and each parallel region waits for it: in one series of "
+    "separate runs ours-1w trained at 312 K and 320 K samples/s with `data.prefetch_batches: 0` against 269 K "
+    "(and an outlier of 125 K) with the default 4, the plain loop at 343 K — reading inline brings ours to "
+    "~0.92×. (2) Ray's worker process: the bare loop (no reader) in a Ray task with 2 CPUs takes 3.3 ms a step "
+    "against 3.0-3.1 ms in a plain process (+8%, Ray's own threads). Fix (reader/loop owners): no prefetch "
+    "thread when a CPU worker's torch threads already fill its CPUs (keep it for GPU workers, where it overlaps "
+    "the host work with the GPU). History: before 80f5627 (reader windows) and cc48543 (`_reseed` seeds the CPU "
+    "generator only; `torch.manual_seed` formatted the Python stack through torch.cuda's lazy seeding, ~0.5 ms "
+    "a step) ours-1w ran at 0.44× the plain loop."
 )
 _E2E2 = (
-    "The same per-step costs as for 1 worker, on 1 CPU per worker: each worker's prefetch thread competes with "
-    "its single torch thread, `_reseed` costs ~0.5 ms per step, and each rank runs the reader's per-batch "
-    "bookkeeping for its 4 lanes. torchrun's ranks read inline (one column-stacked copy per row group, slices "
-    "per batch) and run nothing else between steps. The DDP all-reduce and the log-point all-reduce are the same "
-    "or negligible (one every 256 steps)."
+    "py-spy on rank 0 (2 workers × 1 CPU, code as of cc48543): forward + backward (with DDP's all-reduce) + "
+    "AdamW take 88% of the training thread, `_reseed` 2%, waiting for a batch 2%. With one torch thread per "
+    "worker the prefetch thread costs little (separate runs: 212-221 K samples/s with prefetch 0, 207-209 K "
+    "with 4; torchrun ~231 K). What remains is the Ray worker process (+8% on the bare loop, above) and the "
+    "loop's per-step bookkeeping (gradient-norm check, tensor_split for accumulation, loss bookkeeping); "
+    "torchrun's processes run nothing but the step and an inline reader."
 )
 _TTFS = (
     "Columns (a)-(d) of the end-to-end table split the time to first step. Ray's fixed start — (a) `ray.init` "
-    "(2.5-3.3 s here) plus Ray Train's controller actor, ~6.4 s, and (b) the worker group startup, 2.6-5 s "
+    "(2.5-3.3 s here) plus Ray Train's controller actor, 5-6.5 s in today's runs, and (b) the worker group "
+    "startup, 2.2-5 s "
     "(new worker processes each import torch + ray.train.torch, ~2.1 s of imports on this machine, then the "
     "process group) — is ~80% of ours's time and the peer pays it too. Ours gains only the peer's Ray Data "
-    "start-up before its first batch ((d): ~4.5 s vs ~0.2 s). A ratio ≤ 0.5 means ≤ half the peer's time, "
+    "start-up before its first batch ((d): ~4 s vs ~0.2 s). A ratio ≤ 0.5 means ≤ half the peer's time, "
     "which is less than (a) + (b) alone on this machine: not reachable while every run starts an embedded Ray "
     "and a Ray Train worker group. Closing it needs a Ray that is already running (joining RAY_ADDRESS removes "
     "`ray.init` from (a)) or lighter worker imports; with 2 workers on 2 cores (b) grows (two processes import "
@@ -371,11 +397,11 @@ _TTFS = (
 )
 _RECOVERY = (
     "The recovery table splits each recovery. Ray Train restarts the whole worker group in new processes after "
-    "any worker dies, and that restart ('group startup', 4.2-5 s: two processes importing torch and "
-    "ray.train.torch at once on 2 cores, then the process group) is ~70% of the recovery for both. Detection "
+    "any worker dies, and that restart ('group startup', 2.9-5 s in today's runs: two processes importing torch "
+    "and ray.train.torch at once on 2 cores, then the process group) is 60-80% of the recovery for both. Detection "
     "is where ours can gain: its controller poll is 0.5 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S) against Ray's "
     "default 2 s, so ours detects in ≤ 0.5 s while the plain script takes 0.1-2 s depending on when the kill "
-    "falls in its poll. Restore + first step take ~1.4 s in both (ours verifies checksums and builds its "
+    "falls in its poll. Restore + first step take ~1-1.5 s in both (ours verifies checksums and builds its "
     "reader). So ≤ 0.5× is not reachable while recovery is a Ray Train group restart; it would need workers "
     "that survive a peer's death (restarting only the dead rank), which Ray Train V2 does not do. Where ours "
     "does win is the work it keeps: 0 steps lost against 50 per kill for the plain script, which resumed from "
@@ -383,18 +409,21 @@ _RECOVERY = (
     "controller's next poll)."
 )
 _STALL = (
-    "A reporting step costs ours ~8-9 ms more than a median step of ~7.4 ms. `ray.train.report` itself takes "
-    "~3.7 ms of the training thread even in ASYNC mode (plain ASYNC: 'report call alone' 4.3 ms, of which "
-    "torch.save ~0.6 ms): it synchronizes the checkpoint's directory name across ranks through Ray before "
-    "handing the upload to its thread. Ours adds `checkpoint.save` (~1.6 ms: two torch.save, sha256 of each "
-    "file, the manifest, the metrics history as Parquet), copying state dicts, and its uploader's thread "
-    "running during the next steps. A per-step stall ≤ 5% would need the whole report to cost ≤ 0.37 ms, a "
-    "tenth of `ray.train.report` alone: not reachable while every checkpoint goes through `ray.train.report` on "
-    "the training thread with a step this short. Amortized over the 50-step interval (the second stall row), "
-    "checkpoints cost ours about as much as plain ASYNC and ~30× less than SYNC, whose report waits for the "
-    "controller's next poll (~250 ms per report). The median step itself is longer than in the end-to-end run "
-    "because `log_every_n_steps: 1` (needed to time single steps) makes every step a log point, and each log "
-    "point calls `ray.train.get_preemption_info` (a barrier: 11% of the training thread in py-spy)."
+    "A reporting step costs ours several milliseconds on top of a median step of ~5 ms (table above). "
+    "`ray.train.report` itself takes ~3.7 ms of the training thread even in ASYNC mode (plain ASYNC: 'report "
+    "call alone' ≈ 4.2 ms, of which torch.save ≈ 0.6 ms): before handing the upload to its thread it "
+    "synchronizes the checkpoint's directory name across ranks through Ray. Ours adds `checkpoint.save` "
+    "(~1.6 ms measured outside Ray: two torch.save, a sha256 of each file, the manifest, the metrics history as "
+    "Parquet) and copying state dicts, and its uploader thread then runs during the next steps on the same 2 "
+    "cores. A per-step stall ≤ 5% would need the whole report to cost ≤ ~0.25 ms, a fifteenth of "
+    "`ray.train.report` alone: not reachable while every checkpoint goes through `ray.train.report` on the "
+    "training thread and a step takes 5 ms. Amortized over the 50-step interval, checkpoints cost ours about as "
+    "much as Ray's own ASYNC upload and ~30× less than SYNC, whose report waits for the controller's next poll "
+    "(~250-320 ms per report); the amortized figure is at the 5% line and moves across it from round to round "
+    "(rounds listed above). Ours's median step is longer than plain's because `log_every_n_steps: 1` (needed "
+    "to time single steps) makes every step a log point, and each log point calls "
+    "`ray.train.get_preemption_info` (a barrier: 11% of the training thread in py-spy). Checkpointing less "
+    "often than every 50 × 5 ms = 0.25 s lowers the amortized cost proportionally."
 )
 DIAGNOSES: dict[str, str] = {
     "reader": _READER,

@@ -1,6 +1,6 @@
 """Run every benchmark side by side on the same generated data and write benchmarks/RESULTS.md.
 
-    python -m benchmarks.run            # the full run (about 10 minutes on 2 cores)
+    python -m benchmarks.run            # the full run (about 12 minutes on 2 cores)
     python -m benchmarks.run --quick    # tiny data: checks that everything runs
 
 Every measurement is a child process (see common.run_child), run one after
@@ -10,9 +10,10 @@ another so none competes with another for the CPUs. Order:
 2. reader (reader.py): raw pyarrow, ours, Ray Data at 1× and 10×, each after
    a pass that warms the page cache with that dataset; a cProfile of ours;
 3. end to end (e2e.py): plain loop, Ray Train + Ray Data, torchrun 2 procs,
-   ours 1 and 2 workers, one epoch of the 1× data;
+   ours 1 and 2 workers, one epoch of the 1× data; 3 interleaved rounds, medians;
 4. recovery (recovery.py): ours vs plain Ray Train, two kills each;
-5. checkpoint stall (stall.py): ours (ASYNC) vs plain SYNC (and plain ASYNC).
+5. checkpoint stall (stall.py): ours (ASYNC) vs plain SYNC (and plain ASYNC);
+   3 interleaved rounds, medians.
 
 The raw figures go to benchmarks/.work/results.json, the report to
 benchmarks/RESULTS.md (or --out).
@@ -25,6 +26,7 @@ import datetime
 import json
 import pathlib
 import shlex
+import statistics
 import sys
 import time
 
@@ -49,26 +51,52 @@ def measure_readers(datasets: dict[str, pathlib.Path], repeats: int) -> dict:
     return results
 
 
-def measure_e2e(directory: pathlib.Path) -> dict:
-    results = {
-        "plain_loop": _child("e2e", "plain_loop", "e2e-plain", data=str(directory)),
-        "ray_data_train": _child("e2e", "ray_data_train", "e2e-raydata", data=str(directory)),
-        "torchrun_2p": _torchrun(directory),
-        "ours_1w": _child("e2e", "ours", "e2e-ours-1w", data=str(directory), workers=1),
-        "ours_2w": _child("e2e", "ours", "e2e-ours-2w", data=str(directory), workers=2),
-    }
-    for result in results.values():
-        result["time_to_first_step_s"] = round(result["first_step_time"] - result["spawn_time"], 3)
-    return results
+E2E_RUNS = ("plain_loop", "ray_data_train", "torchrun_2p", "ours_1w", "ours_2w")
+STALL_RUNS = ("ours", "plain_sync", "plain_async")
+
+
+def measure_e2e(directory: pathlib.Path, repeats: int) -> dict:
+    """{run: figures}, `repeats` interleaved rounds: samples/s and time to first step are medians over rounds."""
+    rounds = []
+    for _ in range(repeats):
+        results = {
+            "plain_loop": _child("e2e", "plain_loop", "e2e-plain", data=str(directory)),
+            "ray_data_train": _child("e2e", "ray_data_train", "e2e-raydata", data=str(directory)),
+            "torchrun_2p": _torchrun(directory),
+            "ours_1w": _child("e2e", "ours", "e2e-ours-1w", data=str(directory), workers=1),
+            "ours_2w": _child("e2e", "ours", "e2e-ours-2w", data=str(directory), workers=2),
+        }
+        for result in results.values():
+            result["time_to_first_step_s"] = round(result["first_step_time"] - result["spawn_time"], 3)
+        rounds.append(results)
+    return {name: _medians([r[name] for r in rounds], ("samples_per_s", "time_to_first_step_s")) for name in E2E_RUNS}
 
 
 def measure_recovery(directory: pathlib.Path) -> dict:
     return {name: _child("recovery", name, f"recovery-{name}", data=str(directory)) for name in ("ours", "plain")}
 
 
-def measure_stall(directory: pathlib.Path) -> dict:
-    return {name: _child("stall", name, f"stall-{name}", data=str(directory))
-            for name in ("ours", "plain_sync", "plain_async")}
+def measure_stall(directory: pathlib.Path, repeats: int) -> dict:
+    """{run: figures}, `repeats` interleaved rounds; every figure is its median over rounds."""
+    rounds = [{name: _child("stall", name, f"stall-{name}", data=str(directory)) for name in STALL_RUNS}
+              for _ in range(repeats)]
+    figures = ("median_step_ms", "report_step_ms", "report_call_ms", "report_stall", "amortized_stall")
+    return {name: _medians([r[name] for r in rounds], figures) for name in STALL_RUNS}
+
+
+def _medians(runs: list[dict], keys: tuple[str, ...]) -> dict:
+    """The run with the median `keys[0]`, each of `keys` replaced by its median over runs (every run's value
+    kept under "runs"); "ttfs_run" is the run with the median time to first step, for its breakdown."""
+    def median_run(key: str) -> dict:
+        return sorted(runs, key=lambda run: run[key])[len(runs) // 2]
+
+    chosen = dict(median_run(keys[0]))
+    present = [key for key in keys if key in chosen]
+    chosen.update({key: statistics.median(run[key] for run in runs) for key in present})
+    chosen["runs"] = {key: [run[key] for run in runs] for key in present}
+    if "time_to_first_step_s" in present:
+        chosen["ttfs_run"] = median_run("time_to_first_step_s")
+    return chosen
 
 
 def _child(module: str, case: str, label: str, **args) -> dict:
@@ -119,11 +147,11 @@ def main(argv: list[str] | None = None) -> None:
     print("reader …", flush=True)
     results["reader"] = measure_readers(datasets, repeats=3)
     print("end to end …", flush=True)
-    results["e2e"] = measure_e2e(datasets["1x"])
+    results["e2e"] = measure_e2e(datasets["1x"], repeats=3)
     print("recovery …", flush=True)
     results["recovery"] = measure_recovery(datasets["1x"])
     print("stall …", flush=True)
-    results["stall"] = measure_stall(datasets["1x"])
+    results["stall"] = measure_stall(datasets["1x"], repeats=3)
     results["total_s"] = round(time.time() - started, 1)
     (WORK / ("results-quick.json" if options.quick else "results.json")).write_text(json.dumps(results, indent=2))
     out.write_text(report.render(results))

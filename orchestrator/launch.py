@@ -167,6 +167,7 @@ def run(
         relay.close()
         if embedded:
             ray.shutdown()
+            os.environ.pop("RAY_ADDRESS", None)  # it named the embedded cluster, which is gone now
     summary.dropped_rows_per_epoch = prepared.dropped_rows
     if error is None:
         runfolder.finish(fs, run_path, prepared.run_url, prepared.job, summary)

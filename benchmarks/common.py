@@ -187,10 +187,11 @@ def parquet_files(directory: str | pathlib.Path) -> list[str]:
 
 
 def plain_batches(directory: str, *, batch_rows: int = BATCH, rank: int = 0, world: int = 1,
-                  skip_batches: int = 0) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+                  skip_batches: int = 0, memory_map: bool = False) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
     """(features [batch_rows, 32], labels [batch_rows]) over row groups rank, rank+world, …; full batches only.
 
     `skip_batches` starts later without reading what it skips (whole row groups are not opened).
+    `memory_map` opens files with pyarrow's memory_map=True instead of its default reads.
     """
     import torch
 
@@ -205,7 +206,7 @@ def plain_batches(directory: str, *, batch_rows: int = BATCH, rank: int = 0, wor
         if handle is None or handle_path != path:
             if handle is not None:
                 handle.close()
-            handle, handle_path = pq.ParquetFile(path), path
+            handle, handle_path = pq.ParquetFile(path, memory_map=memory_map), path
         table = handle.read_row_group(index, columns=[*FEATURES, LABEL])
         features = np.column_stack([table.column(name).to_numpy() for name in FEATURES])
         labels = table.column(LABEL).to_numpy()

@@ -10,9 +10,14 @@ in batches of 1024 rows (features and labels as torch tensors) and reports:
 
 raw       `common.plain_batches`: row groups in file order, column projection,
           to_numpy, one column stack, torch.from_numpy, slices of 1024.
+raw_mmap  the same with files memory-mapped (pyarrow's memory_map=True), as
+          ours maps local files: information, not a target.
 ours      `orchestrator.data.reader.ShardReader`, world size 1, batch 1024,
-          default lanes (8), shuffle window (8192 rows) and prefetch (4); the
-          footer scan (`data.source.scan`) is timed separately.
+          default lanes (8), shuffle window (8192 rows) and prefetch (0: the
+          automatic choice for local files on a CPU); the footer scan
+          (`data.source.scan`) is timed separately.
+ours_unshuffled  the same with shuffle_window_rows 1 (row groups permuted, rows
+          within lanes in file order): what the in-lane shuffle costs.
 raydata   `ray.data.read_parquet(dir).iter_torch_batches(batch_size=1024)` on a
           private 2-CPU Ray; batches are dicts of 33 column tensors (not
           stacked into a matrix, which would cost Ray Data more). Ray's start
@@ -68,14 +73,24 @@ def raw(data: str) -> dict:
     return _timed_pass(plain_batches(data))
 
 
-def ours(data: str) -> dict:
+def raw_mmap(data: str) -> dict:
+    import torch  # noqa: F401  (imported before the baseline RSS, as in the other cases)
+
+    return _timed_pass(plain_batches(data, memory_map=True))
+
+
+def ours_unshuffled(data: str) -> dict:
+    return ours(data, window_rows=1)
+
+
+def ours(data: str, window_rows: int = 8192) -> dict:
     from orchestrator.data import source
     from orchestrator.data.reader import EndOfEpoch, ShardReader
 
     started = time.perf_counter()
     index = source.scan(data, LABEL)
     scan_s = time.perf_counter() - started
-    reader = ShardReader(index, seed=0, batch_size=BATCH, lanes=8, window_rows=8192, world_size=1, rank=0)
+    reader = ShardReader(index, seed=0, batch_size=BATCH, lanes=8, window_rows=window_rows, world_size=1, rank=0)
 
     def batches():
         while True:
@@ -162,4 +177,5 @@ def profile_ours(data: str, top: int = 8) -> dict:
 
 
 if __name__ == "__main__":
-    child_main({"raw": raw, "ours": ours, "raydata": raydata, "profile_ours": profile_ours})
+    child_main({"raw": raw, "raw_mmap": raw_mmap, "ours": ours, "ours_unshuffled": ours_unshuffled,
+                "raydata": raydata, "profile_ours": profile_ours})

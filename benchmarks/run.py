@@ -7,7 +7,8 @@ Every measurement is a child process (see common.run_child), run one after
 another so none competes with another for the CPUs. Order:
 
 1. data: 1× and 10× datasets (benchmarks/data.py), written once and reused;
-2. reader (reader.py): raw pyarrow, ours, Ray Data at 1× and 10×, each after
+2. reader (reader.py): raw pyarrow (plain and memory-mapped), ours (shuffled and
+   not), Ray Data at 1× and 10×, each after
    a pass that warms the page cache with that dataset; a cProfile of ours;
 3. end to end (e2e.py): plain loop, Ray Train + Ray Data, torchrun 2 procs,
    ours 1 and 2 workers, one epoch of the 1× data; 3 interleaved rounds, medians;
@@ -33,11 +34,11 @@ import time
 from benchmarks import data, report
 from benchmarks.common import REPO, WORK, module_argv, run_child
 
-READERS = ("raw", "ours", "raydata")
+READERS = ("raw", "raw_mmap", "ours", "ours_unshuffled", "raydata")
 
 
 def measure_readers(datasets: dict[str, pathlib.Path], repeats: int) -> dict:
-    """{size: {reader: result}}; raw and ours keep the run with the median rows/s of `repeats`."""
+    """{size: {reader: result}}; all but Ray Data keep the run with the median rows/s of `repeats`."""
     results: dict[str, dict] = {}
     for size, directory in datasets.items():
         data.warm_page_cache(directory)

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from orchestrator import checkpoint, models, optim, spec, stopping, tracking
-from orchestrator.data.reader import EndOfEpoch, ShardReader, validation_batches
+from orchestrator.data.reader import EndOfEpoch, ShardReader, default_prefetch, validation_batches
 from orchestrator.errors import CheckpointError
 
 _VALIDATION_BATCH_ROWS = 8192
@@ -75,7 +75,7 @@ class _Worker:
         self.board, self.rank, self.world, self.device = board, rank, world, device
         self.audit_samples = audit_samples
         self.holdout = job.data.validation if isinstance(job.data.validation, float) else 0.0
-        self.per_row_loss = models.per_row_loss(job.loss)
+        self.summed_loss = models.summed_loss(job.loss)
 
         # Identical initial weights on every rank (DDP also broadcasts rank 0's).
         torch.manual_seed(job.train.seed)
@@ -90,7 +90,8 @@ class _Worker:
             rank=rank,
             label_dtype=models.label_dtype(job.loss),
             holdout_fraction=self.holdout,
-            prefetch_batches=job.data.prefetch_batches,
+            prefetch_batches=(job.data.prefetch_batches if job.data.prefetch_batches is not None
+                              else default_prefetch(index.url, device.type)),
             pin_memory=device.type == "cuda",
         )
         self.batches_per_epoch = self.reader.plan(0).batches
@@ -230,7 +231,7 @@ class _Worker:
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync, self._autocast():
                 outputs = self.model(features.to(self.device, non_blocking=True))
-                loss = self.per_row_loss(outputs.float(), labels.to(self.device, non_blocking=True)).sum()
+                loss = self.summed_loss(outputs.float(), labels.to(self.device, non_blocking=True))
                 (loss * scale).backward()
             loss_sum += loss.detach()
         parameters = [p for p in self.net.parameters() if p.grad is not None]

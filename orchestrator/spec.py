@@ -74,7 +74,8 @@ class DataSpec:
     # max(8, scaling max workers) after validation, so a built JobSpec holds an int.
     lanes: int | None = None
     shuffle_window_rows: int = 8192  # rows shuffled together within a lane
-    prefetch_batches: int = 4  # batches each worker reads ahead of the step
+    # Batches a background thread reads ahead of the step; None = automatic (reader.default_prefetch).
+    prefetch_batches: int | None = None
     generate: GenerateSpec | None = None  # demo data written on the first run
 
 
@@ -265,7 +266,7 @@ def _data(f: Fields) -> DataSpec:
         validation=f.value("validation", None, _as_validation),
         lanes=f.int("lanes", None, min=1),
         shuffle_window_rows=f.int("shuffle_window_rows", 8192, min=1),
-        prefetch_batches=f.int("prefetch_batches", 4, min=0),
+        prefetch_batches=f.int("prefetch_batches", None, min=0),
         generate=_generate(f.section("generate", empty_when_absent=False)),
     )
     if spec.features == ():

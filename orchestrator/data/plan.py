@@ -140,10 +140,6 @@ class EpochPlan:
         rng = np.random.default_rng([self.seed, self.epoch, lane, window])
         return rng.permutation(size).astype(np.int64)
 
-    def window_positions(self, lane: int, window: int) -> np.ndarray:
-        """Stream positions of one window of a lane, in the window's shuffled order."""
-        return self.lane_start(lane) + window * self.window_rows + self.window_permutation(lane, window)
-
     def chunk_positions(self, lane: int, batch: int) -> np.ndarray:
         """Stream positions of the rows `lane` gives to global batch `batch`, in batch order."""
         size = self.lane_sizes[lane]
@@ -167,13 +163,17 @@ class EpochPlan:
         hi = min((last_window + 1) * self.window_rows, self.lane_length(lane))
         return self.lane_start(lane) + lo, self.lane_start(lane) + hi
 
+    def slots_in(self, lo: int, hi: int) -> tuple[int, int]:
+        """The range [first, stop) of slots in `order` whose training rows overlap stream range [lo, hi)."""
+        if hi <= lo:
+            return 0, 0
+        first = int(np.searchsorted(self.starts, lo, side="right")) - 1
+        last = int(np.searchsorted(self.starts, hi - 1, side="right")) - 1
+        return first, last + 1
+
     def groups_in(self, lo: int, hi: int) -> np.ndarray:
         """Row-group positions in the index whose training rows overlap stream range [lo, hi)."""
-        if hi <= lo:
-            return np.empty(0, dtype=np.int64)
-        first = np.searchsorted(self.starts, lo, side="right") - 1
-        last = np.searchsorted(self.starts, hi - 1, side="right") - 1
-        return self.order[first : last + 1]
+        return self.order[slice(*self.slots_in(lo, hi))]
 
     def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Map stream positions to (row-group position in the index, training-row offset)."""

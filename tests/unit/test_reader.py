@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from orchestrator.data import plan, source
-from orchestrator.data.reader import EndOfEpoch, ShardReader, validation_batches
+from orchestrator.data.reader import EndOfEpoch, ShardReader, default_prefetch, validation_batches
 
 BATCH, LANES = 128, 8
 
@@ -60,6 +60,40 @@ def test_ranks_together_read_the_epoch_once_with_equal_batch_counts(index, world
     train_rows = sum(rg.num_rows - plan.holdout_count(rg.num_rows, 0.1) for rg in index.row_groups)
     assert train_rows - BATCH < len(ids) <= train_rows
     assert all(cursor == plan.Cursor(1, 0) for _, cursor in per_rank)
+
+
+@pytest.mark.parametrize("world, batch, holdout, window", [
+    (1, BATCH, 0.0, 500), (2, BATCH, 0.1, 500), (3, 130, 0.1, 500), (2, 130, 0.1, 1), (1, BATCH, 0.0, 10_000),
+])
+def test_batches_follow_the_plan_row_for_row(index, world, batch, holdout, window):
+    """The reader's blocks and windows are an implementation of the plan: same rows, same order."""
+    epoch_plan = plan.plan_epoch(index, seed=5, epoch=0, batch_size=batch, lanes=LANES, window_rows=window,
+                                 holdout_fraction=holdout)
+
+    def global_id(position, offset):
+        rg = index.row_groups[position]
+        kept = plan.train_rows(rg.first_row, rg.num_rows, holdout)
+        return rg.first_row + int(kept[offset])
+
+    for rank in range(world):
+        reader = ShardReader(index, seed=5, batch_size=batch, lanes=LANES, window_rows=window, world_size=world,
+                             rank=rank, holdout_fraction=holdout)
+        for b in range(epoch_plan.batches):
+            expected = [
+                global_id(int(p), int(o))
+                for lane in plan.owned_lanes(LANES, world, rank)
+                for p, o in zip(*epoch_plan.locate(epoch_plan.chunk_positions(lane, b)))
+            ]
+            assert reader.next_batch().ids.tolist() == expected
+        with pytest.raises(EndOfEpoch):
+            reader.next_batch()
+
+
+def test_prefetch_is_automatic_only_where_reading_waits_on_something_else():
+    assert default_prefetch("/data/train", "cpu") == 0
+    assert default_prefetch("file:///data/train", "cpu") == 0
+    assert default_prefetch("/data/train", "cuda") > 0
+    assert default_prefetch("s3://bucket/train", "cpu") > 0
 
 
 def test_prefetch_does_not_change_what_is_read(index):

@@ -78,6 +78,9 @@ class KillPlan:
                            "last_checkpoint": self.last_checkpoint})
 
     def results(self) -> list[dict]:
+        """Every kill with its figures; RuntimeError (the run is retried) unless both kills recovered."""
+        if sum("recovery_s" in kill for kill in self.kills) < 2:
+            raise RuntimeError(f"the kill plan did not complete (last step seen {self.step}): {self.kills}")
         for kill in self.kills:
             if "resumed_step" in kill:
                 kill["steps_lost"] = kill["last_checkpoint"] - kill["resumed_step"]

@@ -315,6 +315,15 @@ def _diagnoses(r: dict) -> str:
     sections = []
     for t in missed:
         text = DIAGNOSES.get(t.key, "No diagnosis recorded.")
+        if t.key in SEE_ABOVE and SEE_ABOVE[t.key] not in {m.key for m in missed}:
+            text = DIAGNOSES[SEE_ABOVE[t.key]]  # the text it refers to is not above
+        if t.key in ("reader", "reader10") and "ours_unshuffled" in r["reader"]["1x"]:
+            size = "1x" if t.key == "reader" else "10x"
+            row = r["reader"][size]
+            text += (f"\n\nIn this run at {size[:-1]}×: ours with the shuffle off read "
+                     f"{row['ours_unshuffled']['rows_per_s'] / row['raw']['rows_per_s']:.2f}× raw "
+                     f"(steady {row['ours_unshuffled']['steady_rows_per_s'] / row['raw']['steady_rows_per_s']:.2f}×); "
+                     f"with it on, steady {row['ours']['steady_rows_per_s'] / row['raw']['steady_rows_per_s']:.2f}×.")
         if t.key == "reader":
             text += "\n\n" + _profile_table(r["reader"]["profile_ours_1x"])
         sections.append(f"### {t.what}: MISS, ratio {t.ratio:.3g} (goal {t.goal:g})\n\n{text}")
@@ -348,46 +357,39 @@ def _profile_table(profile: dict) -> str:
 # Why a target is missed, from profiles taken on this machine on 2026-11-21 (py-spy 0.4.3 on the Ray
 # worker, cProfile, and small experiments named in each text); see benchmarks/README.md for how.
 _READER = (
-    "Both readers decode the same row groups with the same column projection (read_row_group + to_numpy + one "
-    "[rows, 32] copy: ~0.22 s per pass of the 1× data in the profile below, about what raw spends in all); the "
-    "difference is what ours does on top. (1) The shuffle: each lane's 8,192-row window is gathered once, in "
-    "shuffled order, into a contiguous buffer — a random-access copy of every row that raw (slices of one "
-    "column-stacked copy) never makes: ~0.2 s per pass (`_window`'s cumulative time minus the reads). (2) "
-    "Per-batch Python, ~0.2 s per pass: for each batch and each of the 8 lanes a `_window` lookup and three "
-    "slice copies into a fresh tensor, plus `_needed` (two searchsorted and a set per lane) deciding which "
-    "decoded row groups to drop, though its answer only changes at window boundaries (every 64 batches). (3) The "
-    "first batch needs a window per lane: all 8 lanes' row groups decoded and gathered, where raw needs one row "
-    "group. The prefetch thread is not the cause: in fresh processes on 2026-11-21 ours read 2.5-2.8 M rows/s "
-    "with `prefetch_batches` 0 and 2.5-2.7 M with 4 (raw: 5.5-5.9 M). Raw goes faster per row as the data grows "
-    "(its one-time costs amortize) while ours's per-row cost is flat, so the ratio is lower at 10×. Left to do "
-    "(reader owner): compute `_needed` once per window and cut each batch out of the lanes' windows with one "
-    "vectorized copy — about 0.6-0.65× raw by the profile; the shuffle's gather stays, so 0.8× is out of reach "
-    "for a reader that shuffles rows in numpy against one that does not. History: the first version regenerated "
-    "each window's permutation for every (lane, batch) (16,384 fresh 8,192-row permutations per pass) and read "
-    "~1.0 M rows/s (0.23× raw); commit 80f5627 gathers each window once."
+    "Ours decodes exactly as raw does (read_row_group with the same column projection, to_numpy, one [rows, 32] "
+    "copy per row group), and with its in-lane shuffle off (the 'shuffle_window_rows 1' row) it reads as fast "
+    "as raw. The gap is the shuffle, which raw does not do: for every 8,192-row window of a lane, one "
+    "permutation (numpy's Generator seeded by (seed, epoch, lane, window), ~90 µs) and a random gather of the "
+    "window's rows (np.take of features, labels and ids, ~125 µs). In cProfile over the 10× data on 2026-11-21 "
+    "these were 0.56 s of a 2.86 s pass (window_permutation 0.235 s, take 0.321 s; read_row_group 1.12 s and "
+    "the column copy 0.65 s, as in raw), i.e. ~27 ns per row added to raw's ~95 ns. Batches themselves cost "
+    "almost nothing: a block of 64 batches is assembled with one strided copy per lane and each batch is a "
+    "view of it. At 1× the pass is half a second, so the first batch weighs more: it needs a window in each of "
+    "the 8 lanes (8 row groups decoded, where raw decodes one); the steady rows/s columns compare without it. "
+    "The shuffle is the price of a seeded, world-size-independent sample order; data written pre-shuffled can "
+    "turn it off (`data.shuffle_window_rows: 1`) and read at raw's speed. History: 0.23× raw (a window "
+    "permutation regenerated per batch and lane), 0.44× (each window gathered once, 1889135), then blocks of "
+    "batches as views, np.take from stream-order slices of row groups, row groups memory-mapped one at a time."
 )
 _E2E = (
-    "py-spy on ours's worker at 200 Hz (1 worker × 2 CPUs, one epoch, code as of cc48543): of the training "
-    "thread's samples forward + backward + AdamW take 83%, waiting for the next batch 5.5%, `_reseed` 2.4%, "
-    "the rest is bookkeeping; the reader's prefetch thread is busy ~7% of a core. The compute itself is slower "
-    "than in the plain loop, for two measured reasons. (1) On 2 cores torch's 2 OpenMP threads use both cores, "
-    "so the prefetch thread preempts one of them and each parallel region waits for it: in one series of "
-    "separate runs ours-1w trained at 312 K and 320 K samples/s with `data.prefetch_batches: 0` against 269 K "
-    "(and an outlier of 125 K) with the default 4, the plain loop at 343 K — reading inline brings ours to "
-    "~0.92×. (2) Ray's worker process: the bare loop (no reader) in a Ray task with 2 CPUs takes 3.3 ms a step "
-    "against 3.0-3.1 ms in a plain process (+8%, Ray's own threads). Fix (reader/loop owners): no prefetch "
-    "thread when a CPU worker's torch threads already fill its CPUs (keep it for GPU workers, where it overlaps "
-    "the host work with the GPU). History: before 80f5627 (reader windows) and cc48543 (`_reseed` seeds the CPU "
-    "generator only; `torch.manual_seed` formatted the Python stack through torch.cuda's lazy seeding, ~0.5 ms "
-    "a step) ours-1w ran at 0.44× the plain loop."
+    "Measured on 2026-11-21 after the reader's blocks and the automatic prefetch choice (inline on CPU workers "
+    "reading local files): py-spy on ours's worker (1 worker × 2 CPUs) puts forward + backward + AdamW at ~83% "
+    "of the training thread and the inline reader at ~11% (the plain loop reads inline too, with raw's reader, "
+    "which does not shuffle: see the reader rows). The prefetch thread used before cost more than it hid: with "
+    "torch's 2 OpenMP threads on both cores it preempted one of them in every parallel region (ours at 0.77× "
+    "the plain loop with it, ~0.92× without). On this shared machine the figures of one configuration move "
+    "by 10-25% between runs (plain loop 291-385 K samples/s in one run; the rounds are listed above), so a "
+    "ratio near the goal passes or misses by round; in separate series today ours-1w ran at 0.84-1.01× the "
+    "plain loop per round. The rest is Ray's: the training function runs in a Ray actor's thread next to Ray "
+    "Train's controller polls (every 0.5 s) and Ray's own threads."
 )
 _E2E2 = (
-    "py-spy on rank 0 (2 workers × 1 CPU, code as of cc48543): forward + backward (with DDP's all-reduce) + "
-    "AdamW take 88% of the training thread, `_reseed` 2%, waiting for a batch 2%. With one torch thread per "
-    "worker the prefetch thread costs little (separate runs: 212-221 K samples/s with prefetch 0, 207-209 K "
-    "with 4; torchrun ~231 K). What remains is the Ray worker process (+8% on the bare loop, above) and the "
-    "loop's per-step bookkeeping (gradient-norm check, tensor_split for accumulation, loss bookkeeping); "
-    "torchrun's processes run nothing but the step and an inline reader."
+    "py-spy on rank 0 (2 workers × 1 CPU): forward + backward (with DDP's all-reduce) + AdamW take ~88% of "
+    "the training thread; the inline reader, the gradient-norm check (non-finite detection) and `_reseed` "
+    "the rest. torchrun's processes run nothing but the step and a reader that does not shuffle. On this "
+    "shared machine both move by 10-25% from round to round (rounds listed above); in separate series today "
+    "ours-2w ran at 0.86-1.21× torchrun per round, 0.97× by median."
 )
 _TTFS = (
     "Columns (a)-(d) of the end-to-end table split the time to first step. Ray's fixed start — (a) `ray.init` "
@@ -431,6 +433,8 @@ _STALL = (
     "`ray.train.get_preemption_info` (a barrier: 11% of the training thread in py-spy). Checkpointing less "
     "often than every 50 × 5 ms = 0.25 s lowers the amortized cost proportionally."
 )
+# Misses whose text refers to another's ("see above"): used in full when that other one passed.
+SEE_ABOVE = {"reader10": "reader", "ttfs2": "ttfs", "stall_amortized": "stall"}
 DIAGNOSES: dict[str, str] = {
     "reader": _READER,
     "reader10": "See the 1× reader miss above: the same causes.",

@@ -401,7 +401,9 @@ _TTFS = (
     "which is less than (a) + (b) alone on this machine: not reachable while every run starts an embedded Ray "
     "and a Ray Train worker group. Closing it needs a Ray that is already running (joining RAY_ADDRESS removes "
     "`ray.init` from (a)) or lighter worker imports; with 2 workers on 2 cores (b) grows (two processes import "
-    "at once)."
+    "at once). Tried on 2026-11-21 and dropped: warming Ray's idle workers with a task that imports torch "
+    "before the group starts, since Ray starts actors (Ray Train's workers) in fresh processes, not in idle "
+    "workers that ran tasks (measured: the actors' pids differed and their imports took as long)."
 )
 _RECOVERY = (
     "The recovery table splits each recovery. Ray Train restarts the whole worker group in new processes after "

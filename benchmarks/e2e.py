@@ -126,6 +126,9 @@ def torchrun_worker(data: str) -> dict | None:
     rank, world = dist.get_rank(), dist.get_world_size()
     model = DistributedDataParallel(build_mlp())
     result = _train(model, plain_batches(data, batch_rows=BATCH // world, rank=rank, world=world))
+    # Both ranks done before either tears gloo down: a rank that left first made the other
+    # abort now and then ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
     return _steady(result) if rank == 0 else None
 

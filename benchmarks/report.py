@@ -343,7 +343,7 @@ def _retries(r: dict) -> str:
     walk(r, "")
     if not found:
         return "Every measurement succeeded on its first attempt."
-    return ("## Retried measurements\n\nThese failed once and were run again; the figures are the retry's:\n\n"
+    return ("## Retried measurements\n\nThese failed and were run again; the figures are those of the attempt that succeeded:\n\n"
             + "\n".join(found))
 
 

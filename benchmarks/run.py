@@ -112,15 +112,21 @@ def _torchrun(directory: pathlib.Path) -> dict:
     return _run("e2e-torchrun", argv, out)
 
 
-def _run(label: str, argv: list[str], out: pathlib.Path) -> dict:
-    """One measurement; a failed one is retried once and the failure kept in the results."""
+def _run(label: str, argv: list[str], out: pathlib.Path, attempts: int = 3) -> dict:
+    """One measurement; a failed one is retried (up to `attempts` in all) and its failures kept in the results."""
     print(f"  {label} …", end="", flush=True)
-    try:
-        result = run_child(argv, out)
-    except RuntimeError as error:
-        print(" failed, retrying …", end="", flush=True)
-        failure = str(error).splitlines()[0]
-        result = {**run_child(argv, out), "retried_after": failure}
+    failures = []
+    while True:
+        try:
+            result = run_child(argv, out)
+            break
+        except RuntimeError as error:
+            failures.append(str(error).splitlines()[0])
+            if len(failures) == attempts:
+                raise
+            print(" failed, retrying …", end="", flush=True)
+    if failures:
+        result["retried_after"] = " | ".join(failures)
     print(f" {result['process_wall_s']:.1f} s", flush=True)
     return result
 

@@ -169,18 +169,25 @@ class RayHead:
 
     def stop(self) -> None:
         """End this head's process group (SIGTERM, then SIGKILL after a grace period) and delete its files."""
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=3)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
+        end_process_group(self.process, grace_s=3)
         self.log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def end_process_group(process: subprocess.Popen, grace_s: float = 0) -> None:
+    """End the process group `process` leads (started with start_new_session): SIGTERM and up to
+    `grace_s` to exit when grace_s > 0, then SIGKILL; returns once `process` has exited."""
+    if grace_s > 0:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=grace_s)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def orchestrator(*args: str) -> list[str]:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import time
 
 import pytest
 import yaml
 
-from tests.cluster.conftest import RayHead, free_port, orchestrator
+from tests.cluster.conftest import RayHead, end_process_group, free_port, orchestrator
 from tests.conftest import regression_job
 
 
@@ -47,11 +46,7 @@ class WorkerNode:
         raise RuntimeError("the worker node did not join the cluster within 90 s")
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
+        end_process_group(self.process)
         self.log.close()
 
 

@@ -28,8 +28,19 @@ from __future__ import annotations
 import os
 import time
 
-from benchmarks.common import (BATCH, FEATURES, LABEL, RAY_CPUS, WORK, build_mlp, child_main,
-                               plain_batches, ray_session_dir, ray_train_timeline, start_ray)
+from benchmarks.common import (
+    BATCH,
+    FEATURES,
+    LABEL,
+    RAY_CPUS,
+    WORK,
+    build_mlp,
+    child_main,
+    plain_batches,
+    ray_session_dir,
+    ray_train_timeline,
+    start_ray,
+)
 from benchmarks.plain_train import new_tracker
 
 
@@ -153,7 +164,8 @@ def job(data: str, name: str, workers: int, cpus_per_worker: float, **train) -> 
 
 def ours(data: str, workers: int) -> dict:
     launch_called = time.time()
-    from orchestrator import launch, spec
+    from orchestrator.driver import launch
+    from orchestrator.job import spec
 
     raw = job(data, f"e2e-{workers}w", workers, RAY_CPUS / workers, epochs=1, log_every_n_steps=256)
     records: list[dict] = []

@@ -33,7 +33,14 @@ import os
 import pathlib
 import time
 
-from benchmarks.common import BATCH, LABEL, child_main, plain_batches, proc_status_mb, start_ray
+from benchmarks.common import (
+    BATCH,
+    LABEL,
+    child_main,
+    plain_batches,
+    proc_status_mb,
+    start_ray,
+)
 
 
 def _timed_pass(batches) -> dict:

@@ -30,7 +30,13 @@ import signal
 import threading
 import time
 
-from benchmarks.common import WORK, child_main, ray_session_dir, ray_train_timeline, start_ray
+from benchmarks.common import (
+    WORK,
+    child_main,
+    ray_session_dir,
+    ray_train_timeline,
+    start_ray,
+)
 
 CHECKPOINT_EVERY = 50
 MAX_STEPS = 300
@@ -89,7 +95,8 @@ class KillPlan:
 
 def ours(data: str) -> dict:
     from benchmarks.e2e import job
-    from orchestrator import launch, spec
+    from orchestrator.driver import launch
+    from orchestrator.job import spec
 
     os.environ["ORCHESTRATOR_PROGRESS_POLL_INTERVAL_S"] = str(POLL_S)  # the driver's on_record poll
     raw = job(data, "recovery", 2, 1, max_steps=MAX_STEPS, log_every_n_steps=5)

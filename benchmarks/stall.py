@@ -56,7 +56,8 @@ def figures(durations: dict[int, float], reporting: set[int]) -> dict:
 
 def ours(data: str) -> dict:
     from benchmarks.e2e import job
-    from orchestrator import launch, spec
+    from orchestrator.driver import launch
+    from orchestrator.job import spec
 
     raw = job(data, "stall", 1, 2, max_steps=STEPS, log_every_n_steps=1)
     raw["checkpoint"] = {"every_n_steps": EVERY, "keep": 2}

@@ -21,8 +21,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from orchestrator import progress, spec
+from orchestrator import progress
 from orchestrator.errors import OrchestratorError
+from orchestrator.job import spec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +103,7 @@ def _run_url(name: str) -> str:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from orchestrator import reports
+    from orchestrator.results import reports
 
     runs = reports.find_runs(args.storage)
     print(reports.runs_table(runs) if runs else f"no runs under {args.storage}")
@@ -110,7 +111,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from orchestrator import reports
+    from orchestrator.results import reports
 
     run = reports.open_run(_run_url(args.run))
     print(reports.describe(run))
@@ -120,7 +121,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from orchestrator import reports
+    from orchestrator.results import reports
 
     a, b = reports.open_run(_run_url(args.run_a)), reports.open_run(_run_url(args.run_b))
     print(reports.compare_table(a, b))
@@ -129,7 +130,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from orchestrator import predict
+    from orchestrator.results import predict
 
     rows = predict.predict(_run_url(args.run), args.data, args.out, checkpoint_name=args.checkpoint,
                            batch_rows=args.batch_rows)
@@ -138,7 +139,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from orchestrator import predict
+    from orchestrator.results import predict
 
     metrics = predict.evaluate(_run_url(args.run), args.data, checkpoint_name=args.checkpoint,
                                batch_rows=args.batch_rows)
@@ -175,7 +176,7 @@ def _cluster_commands(commands) -> None:
 def _submit(args: argparse.Namespace) -> int:
     import json
 
-    from orchestrator import submit
+    from orchestrator.driver import submit
 
     job = _load(args)  # the whole job is checked here, before anything is uploaded
     options = [f"--{key}={getattr(args, key)}" for key in ("workers", "storage", "name") if getattr(args, key)]
@@ -189,20 +190,20 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _job_status(args: argparse.Namespace) -> int:
-    from orchestrator import submit
+    from orchestrator.driver import submit
 
     print(submit.status(args.job_id, args.address))
     return 0
 
 
 def _job_logs(args: argparse.Namespace) -> int:
-    from orchestrator import submit
+    from orchestrator.driver import submit
 
     return submit.logs(args.job_id, args.address, follow_logs=args.follow)
 
 
 def _job_stop(args: argparse.Namespace) -> int:
-    from orchestrator import submit
+    from orchestrator.driver import submit
 
     print(submit.stop(args.job_id, args.address))
     return 0
@@ -228,7 +229,7 @@ def _load(args: argparse.Namespace) -> spec.JobSpec:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from orchestrator import launch
+    from orchestrator.driver import launch
 
     prepared = launch.prepare(_load(args))
     index, job = prepared.index, prepared.job
@@ -245,7 +246,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orchestrator import launch
+    from orchestrator.driver import launch
 
     job = _load(args)
     printer = progress.ProgressPrinter(job, verbose=args.verbose)

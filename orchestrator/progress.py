@@ -14,11 +14,11 @@ import time
 from typing import TextIO
 
 from orchestrator import settings
-from orchestrator.spec import JobSpec
+from orchestrator.job.spec import JobSpec
 
 
 class ProgressPrinter:
-    """Called with every progress record (see tracking.py) in the order they arrive."""
+    """Called with every progress record (track.records lists their kinds) in the order they arrive."""
 
     def __init__(self, job: JobSpec, verbose: bool = False, out: TextIO = sys.stdout):
         self.job, self.verbose, self.out = job, verbose, out

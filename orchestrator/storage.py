@@ -9,6 +9,7 @@ each with the path inside it. It knows nothing about training or Parquet.
 
 from __future__ import annotations
 
+import json
 import os
 
 import fsspec
@@ -115,3 +116,18 @@ def join(url: str, *parts: str) -> str:
         else:
             result = result.rstrip("/") + "/" + part if result.rstrip("/") else "/" + part
     return result
+
+
+def write_json(filesystem: pyarrow.fs.FileSystem, path: str, payload: dict) -> None:
+    """Write `payload` as indented JSON to `path` on `filesystem`."""
+    with filesystem.open_output_stream(path) as out:
+        out.write(json.dumps(payload, indent=2, sort_keys=True).encode())
+
+
+def read_json(filesystem: pyarrow.fs.FileSystem, path: str) -> dict | None:
+    """The JSON object at `path`, or None if there is no such file."""
+    try:
+        with filesystem.open_input_stream(path) as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None

@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from orchestrator import spec
 from orchestrator.data import synthetic
+from orchestrator.job import spec
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

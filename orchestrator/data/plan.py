@@ -32,7 +32,7 @@ from functools import cached_property
 
 import numpy as np
 
-from orchestrator.data.source import DatasetIndex
+from orchestrator.data.index import DatasetIndex
 from orchestrator.errors import DataError
 
 # Fixed salt so the held-out rows depend on the data alone, not on train.seed:

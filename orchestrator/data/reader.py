@@ -26,8 +26,8 @@ import torch
 
 from orchestrator import settings, storage
 from orchestrator.data import plan as planning
+from orchestrator.data.index import DatasetIndex
 from orchestrator.data.plan import Cursor, EpochPlan
-from orchestrator.data.source import DatasetIndex
 
 _OPEN_FILES = 8  # remote Parquet files kept open per reader
 _FOOTERS = 64  # parsed footers of local files kept per reader

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Sequence
 
 import pyarrow as pa
@@ -24,40 +23,13 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 
 from orchestrator import settings, storage
+from orchestrator.data.index import DatasetIndex, RowGroup
 from orchestrator.errors import DataError
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 _GLOB_CHARS = ("*", "?", "[")
 _HIDDEN_PREFIXES = ("_", ".")
 _MAX_LISTED_PROBLEMS = 50
-
-
-@dataclass(frozen=True)
-class RowGroup:
-    """One Parquet row group: the unit of work the plan hands to ranks."""
-
-    file: int  # index into DatasetIndex.files
-    index: int  # row-group index inside that file
-    num_rows: int
-    first_row: int  # global id of the first row; ids count rows across all files in file order
-
-
-@dataclass(frozen=True)
-class DatasetIndex:
-    """Everything the plan and the reader need to know about the data, from footers only."""
-
-    url: str  # what the user named (absolute for local paths)
-    files: tuple[str, ...]  # paths inside the filesystem of storage.arrow_filesystem(url), sorted
-    row_groups: tuple[RowGroup, ...]  # in file order, then row-group order; empty ones left out
-    features: tuple[str, ...]
-    label: str
-    label_is_integer: bool  # integer or boolean label column
-    label_range: tuple[float, float] | None  # (min, max) from footer statistics; None unless all have them
-    num_rows: int
-
-    def filesystem(self) -> pyarrow.fs.FileSystem:
-        """The pyarrow filesystem in which `files` live, re-created from `url` on each call."""
-        return storage.arrow_filesystem(self.url)[0]
 
 
 def scan(url: str, label: str, features: Sequence[str] | None = None) -> DatasetIndex:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator import storage
-from orchestrator.spec import GenerateSpec
+from orchestrator.job.spec import GenerateSpec
 
 
 def truth(generate: GenerateSpec) -> tuple[np.ndarray, float]:

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from orchestrator.submit import EXCLUDES
+from orchestrator.driver.submit import EXCLUDES
 from tests.cluster.conftest import QUICK, RayHead, free_port, orchestrator
 from tests.conftest import REPO
 

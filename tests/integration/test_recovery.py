@@ -16,8 +16,10 @@ import pytest
 import torch
 import yaml
 
-from orchestrator import checkpoint, launch, spec
+from orchestrator.driver import launch
 from orchestrator.errors import LaunchError
+from orchestrator.job import spec
+from orchestrator.train import checkpoint
 from tests.conftest import regression_job
 
 STEPS_PER_EPOCH = 28  # 7,200 training rows // 256

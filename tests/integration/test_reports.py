@@ -12,8 +12,9 @@ import torch
 import yaml
 from torch import nn
 
-from orchestrator import cli, reports
+from orchestrator import cli
 from orchestrator.data import source
+from orchestrator.results import reports
 from tests.conftest import regression_job
 
 

@@ -8,8 +8,10 @@ from collections import defaultdict
 import pytest
 import torch
 
-from orchestrator import launch, models, spec
+from orchestrator.driver import launch
 from orchestrator.errors import TrainingError
+from orchestrator.job import spec
+from orchestrator.train import models
 from tests.conftest import regression_job
 
 

@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from orchestrator import checkpoint, launch, spec
+from orchestrator.driver import launch
+from orchestrator.job import spec
+from orchestrator.train import checkpoint
 from tests.conftest import regression_job
 
 

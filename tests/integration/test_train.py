@@ -10,11 +10,13 @@ import pytest
 import torch
 import yaml
 
-from orchestrator import cli, launch, spec
+from orchestrator import cli
 from orchestrator.data import source, synthetic
 from orchestrator.data.reader import ShardReader
+from orchestrator.driver import launch
 from orchestrator.errors import LaunchError, TrainingError
-from orchestrator.loop import weights_digest
+from orchestrator.job import spec
+from orchestrator.train.loop import weights_digest
 from tests.conftest import regression_job
 
 

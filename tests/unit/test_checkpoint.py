@@ -11,9 +11,10 @@ import pyarrow.fs
 import pytest
 import torch
 
-from orchestrator import checkpoint, tracking
 from orchestrator.data.plan import Cursor
 from orchestrator.errors import CheckpointError
+from orchestrator.track.history import HISTORY_SCHEMA, History
+from orchestrator.train import checkpoint
 
 
 def make_state(step: int = 40) -> checkpoint.TrainState:
@@ -31,7 +32,7 @@ def make_state(step: int = 40) -> checkpoint.TrainState:
         samples=step * 256,
         world_size=2,
         job={"name": "x", "train": {"seed": 0}},
-        history=tracking.History().table(),
+        history=History().table(),
         stopping={"best_value": 0.5, "best_step": step},
     )
 
@@ -56,14 +57,14 @@ def test_a_saved_checkpoint_loads_back_exactly(tmp_path):
 
 
 def test_the_metric_history_travels_in_the_checkpoint(tmp_path):
-    history = tracking.History()
+    history = History()
     history.add(1, 0, {"train/loss": 2.0, "train/lr": 0.1}, 100.0)
     history.add(2, 0, {"train/loss": 1.5, "train/lr": 0.1, "val/loss": 1.7}, 101.0)
     directory = tmp_path / "step-00000002"
     directory.mkdir()
     checkpoint.save(dataclasses.replace(make_state(2), history=history.table()), str(directory))
     loaded = checkpoint.load(str(directory)).history
-    assert loaded.schema == tracking.HISTORY_SCHEMA
+    assert loaded.schema == HISTORY_SCHEMA
     assert loaded.to_pylist() == history.table().to_pylist()
 
 

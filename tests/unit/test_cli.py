@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from orchestrator import spec
+from orchestrator.job import spec
 from tests.conftest import REPO, regression_job
 
 JOBS = sorted((REPO / "jobs").glob("*.yaml"))

@@ -8,7 +8,8 @@ import zipfile
 import pytest
 import yaml
 
-from orchestrator import cluster, settings, submit
+from orchestrator import settings
+from orchestrator.driver import cluster, submit
 from tests.conftest import REPO
 
 pytest.importorskip("jsonschema")  # Ray's validator needs it (it comes with ray[default])

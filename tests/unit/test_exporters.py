@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from orchestrator import exporters, spec
 from orchestrator.errors import SpecError
+from orchestrator.job import spec
+from orchestrator.track import exporters
 from tests.conftest import regression_job
 
 

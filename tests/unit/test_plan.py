@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from orchestrator.data import plan
-from orchestrator.data.source import DatasetIndex, RowGroup
+from orchestrator.data.index import DatasetIndex, RowGroup
 from orchestrator.errors import DataError
 
 

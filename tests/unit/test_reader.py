@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from orchestrator.data import plan, source
-from orchestrator.data.reader import EndOfEpoch, ShardReader, default_prefetch, validation_batches
+from orchestrator.data.reader import (
+    EndOfEpoch,
+    ShardReader,
+    default_prefetch,
+    validation_batches,
+)
 
 BATCH, LANES = 128, 8
 

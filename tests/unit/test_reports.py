@@ -21,8 +21,11 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator import checkpoint, cli, predict, reports, spec, storage
+from orchestrator import cli, storage
 from orchestrator.errors import DataError
+from orchestrator.job import spec
+from orchestrator.results import predict, reports
+from orchestrator.train import checkpoint
 from tests.conftest import regression_job
 
 pytest.importorskip("matplotlib")
@@ -264,7 +267,8 @@ def test_predict_writes_one_prediction_per_input_row_equal_to_the_models_outputs
     expected, _ = model_outputs(run, data)
     assert written.column_names == ["row", "prediction"]
     assert written.column("row").to_pylist() == list(range(62))
-    assert np.array_equal(written.column("prediction").to_numpy(), expected.squeeze(-1).numpy())
+    # Batches of 7 rows and one batch of 62 may round float32 sums differently (different kernels).
+    np.testing.assert_allclose(written.column("prediction").to_numpy(), expected.squeeze(-1).numpy(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "bce"])

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.data.source import DatasetIndex, RowGroup, scan
+from orchestrator.data.index import DatasetIndex, RowGroup
+from orchestrator.data.source import scan
 from orchestrator.errors import DataError
 
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import pickle
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import yaml
 
-from orchestrator import spec
 from orchestrator.errors import SpecError
+from orchestrator.job import spec
 
 QUICKSTART = """\
 name: quickstart
@@ -155,12 +153,6 @@ def test_an_empty_job_file_is_rejected_as_empty(job_file):
 def test_from_dict_rejects_a_top_level_that_is_not_a_mapping():
     with pytest.raises(SpecError, match="expected a mapping of sections"):
         spec.from_dict(["data"])
-
-
-def test_importing_the_spec_pulls_in_neither_torch_nor_ray():
-    code = "import sys, orchestrator.spec; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
 
 
 # ---- unknown keys, types and ranges --------------------------------------------------

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 
-from orchestrator import spec, stopping, tracking
+from orchestrator.job import spec
 from orchestrator.progress import ProgressPrinter
+from orchestrator.track.metadata import run_metadata
+from orchestrator.track.relay import Relay
+from orchestrator.track.summary import fit_diagnosis
+from orchestrator.train import stopping
 from tests.conftest import regression_job
 
 
@@ -30,10 +34,10 @@ def epoch(i, train, val):
 
 
 def test_the_fit_reading_names_overfitting_and_where_validation_stopped_improving():
-    fit = tracking.fit_diagnosis([epoch(0, 1.0, 1.1), epoch(1, 0.5, 0.6), epoch(2, 0.3, 0.7), epoch(3, 0.2, 0.8)])
+    fit = fit_diagnosis([epoch(0, 1.0, 1.1), epoch(1, 0.5, 0.6), epoch(2, 0.3, 0.7), epoch(3, 0.2, 0.8)])
     assert fit["best_validation_epoch"] == 2
     assert fit["reading"].startswith("overfitting") and abs(fit["gap"] - 0.6) < 1e-9
-    still = tracking.fit_diagnosis([epoch(0, 1.0, 1.1), epoch(1, 0.5, 0.6)])
+    still = fit_diagnosis([epoch(0, 1.0, 1.1), epoch(1, 0.5, 0.6)])
     assert still["reading"].startswith("still improving")
 
 
@@ -80,9 +84,9 @@ class Broken:
 
 
 def test_the_relay_never_lets_a_metric_step_rewind_and_survives_a_broken_exporter():
-    meta = tracking.run_metadata({"name": "x"}, None)
+    meta = run_metadata({"name": "x"}, None)
     collecting, seen = Collecting(), []
-    relay = tracking.Relay(meta, [collecting, Broken()], seen.append)
+    relay = Relay(meta, [collecting, Broken()], seen.append)
     row = lambda step: {"step": step, "epoch": 0, "name": "train/loss", "value": 1.0 / step, "time": 0.0}  # noqa: E731
     relay({"kind": "log", "rows": [row(1), row(2)]})
     relay({"kind": "log", "rows": [row(2), row(3)]})  # step 2 replayed after a restart

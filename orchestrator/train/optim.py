@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from orchestrator.spec import OptimSpec, ScheduleSpec
+from orchestrator.job.spec import OptimSpec, ScheduleSpec
 
 
 def build_optimizer(optim: OptimSpec, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:

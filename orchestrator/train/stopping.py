@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from orchestrator.spec import EarlyStoppingSpec
+from orchestrator.job.spec import EarlyStoppingSpec
 
 
 @dataclass

@@ -5,7 +5,7 @@ Owns the checkpoint format. A checkpoint describes itself:
     step-00000200/
         model.pt        the model's plain state_dict (usable on its own)
         train_state.pt  optimizer, scheduler, data cursor, counters, early-stopping state
-        metrics.parquet the run's metric history up to this step (tracking.HISTORY_COLUMNS)
+        metrics.parquet the run's metric history up to this step (track.history.HISTORY_SCHEMA)
         job.json        the resolved job file the run was started with
         manifest.json   format version, step, and size + sha256 of every file above
 
@@ -65,7 +65,7 @@ class TrainState:
     samples: int  # training rows consumed, over all ranks
     world_size: int  # of the group that wrote it
     job: dict[str, Any]  # the resolved job file
-    history: pyarrow.Table  # every metric row up to `step` (tracking.HISTORY_SCHEMA)
+    history: pyarrow.Table  # every metric row up to `step` (track.history.HISTORY_SCHEMA)
     stopping: dict[str, Any] = field(default_factory=dict)  # early-stopping state (best value, patience)
 
 

@@ -22,13 +22,23 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-
-from orchestrator import runfolder, settings, storage, tracking
+from orchestrator import settings, storage
 from orchestrator.data import plan, source
-from orchestrator.data.source import DatasetIndex
-from orchestrator.errors import DataError, LaunchError, OrchestratorError, SpecError, TrainingError
-from orchestrator.spec import JobSpec
-
+from orchestrator.data.index import DatasetIndex
+from orchestrator.driver import runfolder
+from orchestrator.errors import (
+    DataError,
+    LaunchError,
+    OrchestratorError,
+    SpecError,
+    TrainingError,
+)
+from orchestrator.job.spec import JobSpec
+from orchestrator.track.board import RunBoard
+from orchestrator.track.metadata import run_metadata
+from orchestrator.track.records import Kind
+from orchestrator.track.relay import Relay
+from orchestrator.track.summary import RunSummary, summarize
 
 
 @dataclass(frozen=True)
@@ -127,13 +137,13 @@ def run(
     verbose: bool = False,
     on_record: Callable[[dict], None] = lambda record: None,
     audit_samples: bool = False,
-) -> tracking.RunSummary:
+) -> RunSummary:
     """Train `job` to the end and return its summary (also written as summary.json).
 
     Joins the Ray cluster at `address` (or RAY_ADDRESS); without one, starts an
     embedded local Ray sized to this machine and stops it afterwards. With
     `fresh`, an earlier run of the same name and storage is deleted first.
-    `on_record` sees every progress record (tracking.py lists them); with
+    `on_record` sees every progress record (track.records lists their kinds); with
     `audit_samples` they include each step's row ids on every rank.
     Raises an OrchestratorError for a job that cannot run or training that failed.
     """
@@ -144,10 +154,10 @@ def run(
     if finished is not None:
         return finished
     run_file = f"{run_path}/{runfolder.RUN_FILE}"
-    meta = tracking.run_metadata(prepared.job.to_dict(), tracking.read_json(fs, run_file))
-    tracking.write_json(fs, run_file, meta)
+    meta = run_metadata(prepared.job.to_dict(), storage.read_json(fs, run_file))
+    storage.write_json(fs, run_file, meta)
 
-    relay = tracking.Relay(meta, _exporters(prepared, meta), on_record)
+    relay = Relay(meta, _exporters(prepared, meta), on_record)
 
     import ray  # deferred: `orchestrator validate` never pays for importing Ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -159,10 +169,10 @@ def run(
         _check_storage(prepared.job)
         # On the driver's node: losing a worker node must not lose the run's progress board.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-        board = ray.remote(tracking.RunBoard).options(num_cpus=0, scheduling_strategy=here).remote()
+        board = ray.remote(RunBoard).options(num_cpus=0, scheduling_strategy=here).remote()
         records, error = _fit(prepared, board, relay, audit_samples)
         meta["status"] = "failed" if error else "finished"
-        summary = tracking.summarize(job.name, prepared.run_url, records, started_at)
+        summary = summarize(job.name, prepared.run_url, records, started_at)
     finally:
         relay.close()
         if embedded:
@@ -175,8 +185,8 @@ def run(
         summary.checkpoint = storage.join(prepared.run_url, summary.checkpoint)
     summary.status = "failed" if error else "finished"
     summary.error = str(error) if error else None
-    tracking.write_json(fs, f"{run_path}/{runfolder.SUMMARY_FILE}", summary.to_dict())
-    tracking.write_json(fs, run_file, {**meta, "ended_at": time.time()})
+    storage.write_json(fs, f"{run_path}/{runfolder.SUMMARY_FILE}", summary.to_dict())
+    storage.write_json(fs, run_file, {**meta, "ended_at": time.time()})
     if error:
         raise error
     return summary
@@ -186,7 +196,7 @@ def _exporters(prepared: PreparedJob, meta: dict) -> list:
     tracking_spec = prepared.job.tracking
     if not (tracking_spec.tensorboard or tracking_spec.mlflow):
         return []
-    from orchestrator import exporters
+    from orchestrator.track import exporters
 
     return exporters.open_exporters(prepared.job, prepared.run_url, meta)
 
@@ -215,12 +225,12 @@ def _fit(prepared: PreparedJob, board, on_record, audit_samples: bool) -> tuple[
             on_record(record)
         if not thread.is_alive():
             break
-    fatal = [r["message"] for r in records if r["kind"] == "fatal"]
+    fatal = [r["message"] for r in records if r["kind"] == Kind.FATAL]
     if fatal:
         return records, TrainingError(fatal[0])
     if "error" in outcome:
         return records, _explain_failure(outcome["error"], prepared.job)
-    digests = {r["weights_sha256"] for r in records if r["kind"] == "final"}
+    digests = {r["weights_sha256"] for r in records if r["kind"] == Kind.FINAL}
     if len(digests) > 1:
         return records, TrainingError(
             "the workers finished with different weights (DDP replicas diverged); the run is not "
@@ -233,7 +243,7 @@ def _trainer(prepared: PreparedJob, board, audit_samples: bool):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from orchestrator import loop
+    from orchestrator.train import loop
 
     job = prepared.job
     fs, run_root = storage.arrow_filesystem(job.storage)
@@ -271,7 +281,7 @@ def _failure_reporter(board):
     class FailureReporter(ray.train.UserCallback):
         def after_exception(self, run_context, worker_exceptions: dict) -> None:
             causes = {rank: _one_line(_root_cause(error)) for rank, error in worker_exceptions.items()}
-            board.post.remote({"kind": "failure", "causes": causes})
+            board.post.remote({"kind": Kind.FAILURE, "causes": causes})
 
     return FailureReporter()
 
@@ -331,7 +341,7 @@ def _check_resources(job: JobSpec) -> None:
     """
     import ray
 
-    from orchestrator import cluster
+    from orchestrator.driver import cluster
 
     workers, scaling = job.scaling.min_workers, job.scaling
     need = {"CPU": workers * scaling.cpus_per_worker, **({"GPU": float(workers)} if scaling.use_gpu else {})}
@@ -374,7 +384,7 @@ def _check_storage(job: JobSpec) -> None:
     inside the job's working directory is never shared: each node unpacks
     its own copy of that directory.
     """
-    from orchestrator import cluster
+    from orchestrator.driver import cluster
 
     paths = {"storage": job.storage, "data.path": job.data.path}
     if isinstance(job.data.validation, str):

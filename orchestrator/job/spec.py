@@ -27,8 +27,18 @@ from typing import Any, Callable
 import yaml
 
 from orchestrator.errors import SpecError
-from orchestrator.fields import (
-    REQUIRED, Bad, Fields, Report, as_float, as_int, as_list, as_str, choice, describe, ranged,
+from orchestrator.job.fields import (
+    REQUIRED,
+    Bad,
+    Fields,
+    Report,
+    as_float,
+    as_int,
+    as_list,
+    as_str,
+    choice,
+    describe,
+    ranged,
 )
 
 __all__ = [

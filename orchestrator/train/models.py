@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from orchestrator.errors import SpecError
-from orchestrator.spec import LossSpec, ModelSpec
+from orchestrator.job.spec import LossSpec, ModelSpec
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,

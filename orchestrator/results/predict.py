@@ -32,12 +32,13 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from orchestrator import checkpoint, models, spec, storage, tracking
+from orchestrator import storage
 from orchestrator.data import source
 from orchestrator.data.reader import validation_batches
-from orchestrator.errors import CheckpointError, DataError
-from orchestrator.errors import ReportError
-from orchestrator.runfolder import RUN_FILE
+from orchestrator.driver.runfolder import RUN_FILE
+from orchestrator.errors import CheckpointError, DataError, ReportError
+from orchestrator.job import spec
+from orchestrator.train import checkpoint, models
 
 DEFAULT_BATCH_ROWS = 65_536
 
@@ -109,7 +110,7 @@ def load(run_url: str, checkpoint_name: str | None = None) -> TrainedModel:
             f"The run at {run_url!r} has no {checkpoint.MODEL_FILE} (it is written when a run finishes). "
             f"Pass --checkpoint with one of its complete checkpoints: {', '.join(_complete(fs, run_path)) or 'none'}."
         ) from None
-    meta = tracking.read_json(fs, f"{run_path}/{RUN_FILE}")
+    meta = storage.read_json(fs, f"{run_path}/{RUN_FILE}")
     if meta and meta.get("job"):
         return TrainedModel(run_url, storage.join(run_url, checkpoint.MODEL_FILE), _job(meta["job"], RUN_FILE), state)
     complete = _complete(fs, run_path)

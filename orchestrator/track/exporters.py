@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from orchestrator import storage
 from orchestrator.errors import SpecError
-from orchestrator.spec import JobSpec
+from orchestrator.job.spec import JobSpec
 
 TENSORBOARD_DIR = "tensorboard"
 _MLFLOW_BATCH = 1000  # MLflow's limit on metrics per log_batch call

@@ -8,9 +8,9 @@ from storage. Checkpoint contents belong to `checkpoint`; summaries and
 run.json's content to `tracking`.
 
     model.pt          the final (or, with early stopping, the best) weights
-    metrics.parquet   the metric history (tracking.HISTORY_SCHEMA)
-    summary.json      tracking.RunSummary
-    run.json          job, versions, world sizes, restarts (tracking.run_metadata)
+    metrics.parquet   the metric history (track.history.HISTORY_SCHEMA)
+    summary.json      track.summary.RunSummary
+    run.json          job, versions, world sizes, restarts (track.metadata.run_metadata)
     step-NNNNNNNN/    checkpoints;  best-NNNNNNNN/  the best one, with early stopping
 """
 
@@ -20,9 +20,12 @@ from typing import Callable
 
 import pyarrow.fs
 
-from orchestrator import checkpoint, storage, tracking
+from orchestrator import storage
 from orchestrator.errors import LaunchError
-from orchestrator.spec import JobSpec
+from orchestrator.job.spec import JobSpec
+from orchestrator.track.records import Kind
+from orchestrator.track.summary import RunSummary
+from orchestrator.train import checkpoint
 
 MODEL_FILE = checkpoint.MODEL_FILE
 HISTORY_FILE = checkpoint.HISTORY_FILE
@@ -40,7 +43,7 @@ MAY_CHANGE_ON_RESUME = (
 def open_run(
     fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, job: JobSpec, fresh: bool,
     on_record: Callable[[dict], None],
-) -> tracking.RunSummary | None:
+) -> RunSummary | None:
     """Create the run folder, or decide how an earlier run of this name continues.
 
     Returns the stored summary of a run that already finished (nothing to do);
@@ -53,10 +56,10 @@ def open_run(
     if fs.get_file_info(run_path).type == pyarrow.fs.FileType.NotFound:
         fs.create_dir(run_path, recursive=True)
         return None
-    stored = tracking.read_json(fs, f"{run_path}/{SUMMARY_FILE}")
+    stored = storage.read_json(fs, f"{run_path}/{SUMMARY_FILE}")
     if stored and stored.get("status") == "finished":
-        summary = tracking.RunSummary(**stored)
-        on_record({"kind": "already_complete", "step": summary.steps, "run_dir": summary.run_dir})
+        summary = RunSummary(**stored)
+        on_record({"kind": Kind.ALREADY_COMPLETE, "step": summary.steps, "run_dir": summary.run_dir})
         return summary
     newest = newest_complete(fs, run_path)
     if newest is not None:
@@ -67,11 +70,11 @@ def open_run(
                 f"the run at {run_url} was started with a different job, so it cannot resume: "
                 + "; ".join(changed) + ". Pass --fresh to start it over, or --name to start another run."
             )
-        on_record({"kind": "resume", "checkpoint": name, "step": manifest["step"]})
+        on_record({"kind": Kind.RESUME, "checkpoint": name, "step": manifest["step"]})
     return None
 
 
-def finish(fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, job: JobSpec, summary: tracking.RunSummary) -> None:
+def finish(fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, job: JobSpec, summary: RunSummary) -> None:
     """After a successful run: prune checkpoints; export model.pt and metrics.parquet into the folder."""
     # Ray Train prunes what it registered; this also removes checkpoints it never
     # registered and uploads cut short, so exactly the newest `keep` complete ones

@@ -24,9 +24,9 @@ import pyarrow.compute as pc
 import pyarrow.fs
 import pyarrow.parquet as pq
 
-from orchestrator import storage, tracking
+from orchestrator import storage
+from orchestrator.driver.runfolder import HISTORY_FILE, RUN_FILE, SUMMARY_FILE
 from orchestrator.errors import ReportError
-from orchestrator.runfolder import HISTORY_FILE, RUN_FILE, SUMMARY_FILE
 
 REPORT_DIR = "report"
 VALIDATION_SCORES = ("val/accuracy", "val/r2")  # higher is better; one of them per run
@@ -74,8 +74,8 @@ def open_run(url: str) -> Run:
     """The run folder at `url` (a path or any fsspec URL); ReportError if it holds no run."""
     url = storage.absolute(url)
     fs, path = storage.arrow_filesystem(url)
-    summary = tracking.read_json(fs, f"{path}/{SUMMARY_FILE}")
-    meta = tracking.read_json(fs, f"{path}/{RUN_FILE}")
+    summary = storage.read_json(fs, f"{path}/{SUMMARY_FILE}")
+    meta = storage.read_json(fs, f"{path}/{RUN_FILE}")
     if summary is None and meta is None:
         raise ReportError(
             f"No run at {url!r}: a run folder holds {SUMMARY_FILE} or {RUN_FILE}, and this one has neither. "
@@ -212,7 +212,7 @@ def describe(run: Run) -> str:
 
 def compare_table(a: Run, b: Run) -> str:
     """Both runs' final metrics side by side, then the job settings that differ."""
-    from orchestrator.exporters import flatten
+    from orchestrator.track.exporters import flatten
 
     label_a, label_b = _labels(a, b)
     fields = {

@@ -27,8 +27,9 @@ import time
 import urllib.parse
 from typing import Callable, Iterator, Sequence
 
-from orchestrator import settings, spec, storage
+from orchestrator import settings, storage
 from orchestrator.errors import LaunchError
+from orchestrator.job import spec
 
 # Never uploaded with the working directory (.gitignore patterns relative to it, no
 # trailing '/': Ray matches a directory's own path without one). Run folders and

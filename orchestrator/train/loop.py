@@ -30,9 +30,17 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from orchestrator import checkpoint, models, optim, spec, stopping, tracking
-from orchestrator.data.reader import EndOfEpoch, ShardReader, default_prefetch, validation_batches
+from orchestrator.data.reader import (
+    EndOfEpoch,
+    ShardReader,
+    default_prefetch,
+    validation_batches,
+)
 from orchestrator.errors import CheckpointError
+from orchestrator.job import spec
+from orchestrator.track.history import History
+from orchestrator.track.records import Kind
+from orchestrator.train import checkpoint, models, optim, stopping
 
 _VALIDATION_BATCH_ROWS = 8192
 
@@ -101,7 +109,7 @@ class _Worker:
         self.storage_fs, self.run_path = storage.storage_filesystem, storage.experiment_fs_path
         self.uploader = checkpoint.Uploader(self.storage_fs, self.run_path)
         self.preemption_saved = False
-        self.history = tracking.History()
+        self.history = History()
         self.stopping = stopping.StoppingState()
         self.last_checkpoint_step = 0
         self.last_checkpoint_time = time.monotonic()
@@ -143,7 +151,7 @@ class _Worker:
         if state is None:
             with checkpoint.local_copy(self.storage_fs, f"{self.run_path}/{chosen}") as directory:
                 state = checkpoint.load(directory)
-        self.history = tracking.History(state.history)
+        self.history = History(state.history)
         self.stopping = stopping.StoppingState(**state.stopping) if state.stopping else stopping.StoppingState()
         self.net.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
@@ -159,7 +167,7 @@ class _Worker:
                 with checkpoint.local_copy(self.storage_fs, f"{self.run_path}/{name}") as directory:
                     return name, checkpoint.load(directory)
             except CheckpointError as error:
-                self._post(kind="warning", message=f"skipping checkpoint {name}: {error}; trying an older one")
+                self._post(kind=Kind.WARNING, message=f"skipping checkpoint {name}: {error}; trying an older one")
         return None, None
 
     @property
@@ -172,8 +180,8 @@ class _Worker:
     # -- the loop -----------------------------------------------------------
 
     def run(self) -> None:
-        self._post(kind="start", world_size=self.world, resumed_step=self.resumed_step)
-        self.board.post.remote({"kind": "worker", "rank": self.rank, "pid": os.getpid()})
+        self._post(kind=Kind.START, world_size=self.world, resumed_step=self.resumed_step)
+        self.board.post.remote({"kind": Kind.WORKER, "rank": self.rank, "pid": os.getpid()})
         try:
             finished = self._train_to_the_end()
         finally:
@@ -182,7 +190,7 @@ class _Worker:
         if finished:
             # Every rank posts a digest of its weights: DDP keeps replicas identical,
             # and the driver refuses to call a run finished if they are not.
-            self.board.post.remote({"kind": "final", "rank": self.rank, "step": self.step,
+            self.board.post.remote({"kind": Kind.FINAL, "rank": self.rank, "step": self.step,
                                     "weights_sha256": weights_digest(self.net.state_dict())})
 
     def _train_to_the_end(self) -> bool:
@@ -198,12 +206,12 @@ class _Worker:
                 continue
             self._maybe_inject_fault()
             if self.audit_samples:
-                self.board.post.remote({"kind": "samples", "rank": self.rank, "step": self.step + 1,
+                self.board.post.remote({"kind": Kind.SAMPLES, "rank": self.rank, "step": self.step + 1,
                                         "epoch": self.reader.state().epoch, "ids": batch.ids.tolist()})
             if not self._train_step(batch, progress):
                 return False  # every rank saw the same non-finite gradient
             if self.step == (self.resumed_step or 0) + 1:
-                self._post(kind="first_step")
+                self._post(kind=Kind.FIRST_STEP)
             # On an epoch's last step the epoch-end checkpoint follows at once and
             # holds everything (epoch metrics, early-stopping state): the others wait for it.
             epoch_end_follows = (self.reader.state().batch == self.batches_per_epoch
@@ -237,7 +245,7 @@ class _Worker:
         parameters = [p for p in self.net.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
         if not torch.isfinite(norm):  # gradients are all-reduced, so every rank agrees here
-            self._post(kind="fatal", message=self._non_finite_message(loss_sum))
+            self._post(kind=Kind.FATAL, message=self._non_finite_message(loss_sum))
             return False
         if self.job.train.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(parameters, self.job.train.grad_clip, norm)
@@ -264,7 +272,7 @@ class _Worker:
             rows += self.history.add(first + offset, epoch, {"train/loss": loss_sum / batch, "train/lr": lr}, now)
         rate = len(loss_sums) * batch / max(time.perf_counter() - progress.log_started, 1e-9)
         rows += self.history.add(self.step, epoch, {"train/samples_per_s": rate}, now)
-        self._post(kind="log", step=self.step, epoch=epoch, samples=self.samples, rows=rows,
+        self._post(kind=Kind.LOG, step=self.step, epoch=epoch, samples=self.samples, rows=rows,
                    loss=sum(loss_sums) / (batch * len(loss_sums)), lr=progress.step_lrs[-1],
                    samples_per_s=round(rate, 1), steps_per_epoch=self.batches_per_epoch,
                    total_steps=self.total_steps)
@@ -293,7 +301,7 @@ class _Worker:
         if self.job.early_stopping:
             value = stopping.metric_value(self.job.early_stopping.metric, train_metrics, validation)
             verdict = stopping.update(self.job.early_stopping, self.stopping, value, self.step, epoch)
-        self._post(kind="epoch", epoch=epoch, complete=complete, step=self.step, samples=self.samples,
+        self._post(kind=Kind.EPOCH, epoch=epoch, complete=complete, step=self.step, samples=self.samples,
                    train=train_metrics, validation=validation, samples_per_s=round(rate, 1),
                    dropped_rows=self.dropped_rows, rows=history_rows,
                    stopping=self.stopping.to_dict() if verdict else None)
@@ -301,7 +309,7 @@ class _Worker:
         metrics.update({f"val_{k}": v for k, v in validation.items()})
         self._report_checkpoint(metrics, best=bool(verdict and verdict.improved))
         if verdict and verdict.stop:
-            self._post(kind="stopped_early", step=self.step, epoch=epoch, **self.stopping.to_dict())
+            self._post(kind=Kind.STOPPED_EARLY, step=self.step, epoch=epoch, **self.stopping.to_dict())
 
     def _validate(self) -> dict[str, float]:
         """Validation metrics over every validation row, reduced across all ranks."""
@@ -344,7 +352,7 @@ class _Worker:
         if info is None or self.preemption_saved:
             return False
         self.preemption_saved = True
-        self._post(kind="warning", message=f"nodes {info.preempted_node_ids} are being preempted "
+        self._post(kind=Kind.WARNING, message=f"nodes {info.preempted_node_ids} are being preempted "
                    f"(ranks {info.preempted_ranks}); taking a checkpoint now at step {self.step}")
         return True
 
@@ -379,14 +387,14 @@ class _Worker:
         step, samples = self.step, self.samples
         uploaded = self.uploader.submit(
             directory, name, keep_local=best,
-            on_done=lambda: self._post(kind="checkpoint", step=step, samples=samples, path=name),
+            on_done=lambda: self._post(kind=Kind.CHECKPOINT, step=step, samples=samples, path=name),
         )
         if best:
             best_name = checkpoint.best_dir_name(step)
 
             def keep_only_this_best() -> None:
                 checkpoint.remove_bests_except(self.storage_fs, self.run_path, best_name)
-                self._post(kind="best", step=step, path=best_name)
+                self._post(kind=Kind.BEST, step=step, path=best_name)
 
             self.uploader.submit(directory, best_name, on_done=keep_only_this_best)
 
@@ -426,7 +434,7 @@ class _Worker:
         )
 
     def _post(self, **record) -> None:
-        if self.rank == 0 or record["kind"] == "fatal":
+        if self.rank == 0 or record["kind"] == Kind.FATAL:
             self.board.post.remote(record)
 
 

@@ -1,0 +1,57 @@
+"""run.json: the run's resolved job, versions, git commit, world sizes and restarts across sessions.
+
+Owns what run.json holds and how progress records fold into it. The run
+folder's lifecycle (when run.json is opened and finalized) is
+`driver.runfolder`'s.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from orchestrator.track.records import Kind
+
+
+def run_metadata(job: dict, previous: dict | None) -> dict:
+    """run.json at the start of a driver session, continuing `previous` when the run resumes."""
+    meta = previous or {"started_at": time.time(), "world_sizes": [], "restarts": [], "trackers": {}, "sessions": 0}
+    meta.update(name=job["name"], job=job, status="running", versions=_versions(), git_commit=_git_commit())
+    meta["sessions"] = meta.get("sessions", 0) + 1
+    return meta
+
+
+def _versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import version
+
+    from orchestrator import __version__
+
+    return {"orchestrator": __version__, "python": platform.python_version(),
+            **{package: version(package) for package in ("torch", "ray", "pyarrow", "fsspec")}}
+
+
+def _git_commit() -> str | None:
+    """The commit of the working directory's git checkout, if there is one (best effort)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def record_in_metadata(meta: dict, record: dict, pending_cause: list[str]) -> None:
+    """Fold a progress record into run.json's world sizes, restarts and early stopping."""
+    if record["kind"] == Kind.FAILURE:
+        pending_cause[:] = ["; ".join(f"rank {rank}: {cause}" for rank, cause in sorted(record["causes"].items()))]
+    elif record["kind"] == Kind.START:
+        resumed = record["resumed_step"]
+        meta["world_sizes"].append({"step": resumed or 0, "world_size": record["world_size"], "time": record["time"]})
+        if pending_cause or (resumed is not None and len(meta["world_sizes"]) > 1):
+            meta["restarts"].append({"time": record["time"], "cause": pending_cause[0] if pending_cause else
+                                     "the driver restarted", "resumed_step": resumed,
+                                     "world_size": record["world_size"]})
+            pending_cause.clear()
+    elif record["kind"] == Kind.STOPPED_EARLY:
+        meta["early_stopping"] = {key: record[key] for key in ("best_value", "best_step", "best_epoch",
+                                                                "stopped_at_step")}

@@ -1,0 +1,33 @@
+"""The kinds of progress record, declared once.
+
+Records are plain dicts with a "kind" (one of `Kind`, a `str` enum, so a
+record still compares and serializes as its plain string). Workers post them
+to the `RunBoard`; the driver adds RESUME and ALREADY_COMPLETE itself.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Kind(str, enum.Enum):
+    """What a progress record reports, and the fields it carries."""
+
+    START = "start"  # a worker group began (world_size, resumed_step or None)
+    WORKER = "worker"  # a rank is running (rank, pid)
+    SAMPLES = "samples"  # with audit_samples: the row ids a rank trains on at a step (rank, step, epoch, ids)
+    FIRST_STEP = "first_step"  # the first optimizer step of a group finished
+    LOG = "log"  # periodic train metrics (step, epoch, loss, lr, samples_per_s, rows)
+    EPOCH = "epoch"  # an epoch ended (train and validation metrics, rows, early-stopping state)
+    CHECKPOINT = "checkpoint"  # a checkpoint is complete in storage (step, path: its directory name)
+    BEST = "best"  # early stopping's best checkpoint was copied outside retention (step, path)
+    STOPPED_EARLY = "stopped_early"  # early stopping ended the run (best_value, best_step, best_epoch, ...)
+    WARNING = "warning"  # something the user should know that did not stop training (message)
+    FATAL = "fatal"  # training must stop and not be retried (message)
+    FAILURE = "failure"  # the controller saw a worker group fail (causes: rank → one line)
+    FINAL = "final"  # a rank finished (rank, step, weights_sha256: replicas must agree)
+    RESUME = "resume"  # the driver continues an earlier run (checkpoint, step)
+    ALREADY_COMPLETE = "already_complete"  # the driver found the run finished (step, run_dir)
+
+    def __str__(self) -> str:
+        return self.value

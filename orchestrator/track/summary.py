@@ -1,0 +1,122 @@
+"""The run summary (`summary.json`) folded from a run's records, and the reading of a fit.
+
+Owns `RunSummary`, `summarize` (records → summary) and `fit_diagnosis` (the
+train/validation gap and where validation stopped improving). Knows no
+training math and no Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from orchestrator.track.records import Kind
+
+
+@dataclass
+class RunSummary:
+    """What `summary.json` holds and the CLI prints."""
+
+    name: str
+    status: str  # "finished" | "failed"
+    run_dir: str
+    steps: int = 0
+    epochs_completed: int = 0
+    samples: int = 0
+    train: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, float] = field(default_factory=dict)
+    samples_per_s: float | None = None  # steady-state training throughput (median of log intervals)
+    world_size: int | None = None
+    world_sizes: list[int] = field(default_factory=list)
+    restarts: int = 0
+    resumed_from_steps: list[int] = field(default_factory=list)
+    dropped_rows_per_epoch: int | None = None
+    wall_s: float = 0.0
+    time_to_first_step_s: float | None = None
+    checkpoint: str | None = None
+    model: str | None = None
+    weights_sha256: str | None = None  # the digest every rank's final weights agreed on
+    stopped_early: bool = False
+    best: dict[str, Any] | None = None  # early stopping: metric, best_value, best_step, best_epoch
+    fit: dict[str, Any] | None = None  # train/validation gap and where validation stopped improving
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(name: str, run_dir: str, records: list[dict], started_at: float) -> RunSummary:
+    """Fold the board's records of one run into its summary (status set by the caller)."""
+    summary = RunSummary(name=name, status="running", run_dir=run_dir)
+    starts = [r for r in records if r["kind"] == Kind.START]
+    summary.world_sizes = [r["world_size"] for r in starts]
+    summary.world_size = summary.world_sizes[-1] if starts else None
+    summary.restarts = max(len(starts) - 1, 0)
+    summary.resumed_from_steps = [r["resumed_step"] for r in starts if r["resumed_step"] is not None]
+    first = [r["time"] for r in records if r["kind"] == Kind.FIRST_STEP]
+    if first:
+        summary.time_to_first_step_s = round(first[0] - started_at, 3)
+    epochs = [r for r in records if r["kind"] == Kind.EPOCH]
+    logs = [r for r in records if r["kind"] == Kind.LOG]
+    if epochs:
+        last = epochs[-1]
+        summary.epochs_completed = last["epoch"] + 1 if last.get("complete", True) else last["epoch"]
+        summary.train = dict(last.get("train", {}))
+        summary.validation = dict(last.get("validation", {}))
+        summary.dropped_rows_per_epoch = last.get("dropped_rows")
+    # Steady-state training throughput: the median over log intervals (epoch ends, which
+    # include checkpoint reports, when the run logged too rarely to have intervals).
+    rates = sorted(r["samples_per_s"] for r in (logs or epochs) if r.get("samples_per_s"))
+    if rates:
+        summary.samples_per_s = rates[len(rates) // 2]
+    progress = [r for r in records if "step" in r and r["kind"] in (Kind.LOG, Kind.EPOCH, Kind.CHECKPOINT)]
+    if progress:
+        summary.steps = max(r["step"] for r in progress)
+        summary.samples = max(r.get("samples", 0) for r in progress)
+    checkpoints = [r for r in records if r["kind"] == Kind.CHECKPOINT]
+    if checkpoints:
+        summary.checkpoint = max(checkpoints, key=lambda r: r["step"])["path"]
+    summary.warnings = [r["message"] for r in records if r["kind"] == Kind.WARNING]
+    summary.fit = fit_diagnosis(epochs)
+    stops = [r for r in records if r["kind"] == Kind.STOPPED_EARLY]
+    summary.stopped_early = bool(stops)
+    stopping = [r["stopping"] for r in epochs if r.get("stopping")]
+    if stopping:
+        summary.best = {key: stopping[-1][key] for key in ("best_value", "best_step", "best_epoch")}
+    digests = {r["weights_sha256"] for r in records if r["kind"] == Kind.FINAL}
+    if len(digests) == 1:
+        summary.weights_sha256 = digests.pop()
+    summary.wall_s = round(time.time() - started_at, 3)
+    return summary
+
+
+def fit_diagnosis(epochs: list[dict]) -> dict[str, Any] | None:
+    """The train/validation gap at the end and the epoch where validation stopped improving.
+
+    A plain reading of the curves, not a verdict: overfitting when validation
+    loss rose after its best epoch while train loss kept falling; still
+    improving when the last epoch lowered validation (or train) loss by over 1%.
+    """
+    complete = [r for r in epochs if r.get("validation", {}).get("loss") is not None]
+    if not complete:
+        return None
+    val = [r["validation"]["loss"] for r in complete]
+    train = [r["train"]["loss"] for r in complete]
+    best = min(range(len(val)), key=val.__getitem__)
+    fit = {
+        "train_loss": train[-1],
+        "validation_loss": val[-1],
+        "gap": val[-1] - train[-1],
+        "best_validation_epoch": complete[best]["epoch"] + 1,
+    }
+    if best < len(val) - 1 and val[-1] > val[best] * 1.01 and train[-1] < train[best]:
+        rise = 100 * (val[-1] / val[best] - 1)
+        fit["reading"] = (f"overfitting: validation loss rose {rise:.0f}% after epoch {fit['best_validation_epoch']} "
+                          "while train loss kept falling")
+    elif len(val) > 1 and (val[-1] < val[-2] * 0.99 or train[-1] < train[-2] * 0.99):
+        fit["reading"] = "still improving at the last epoch: more epochs may help"
+    else:
+        fit["reading"] = "converged: neither loss moved more than 1% in the last epoch"
+    return fit

@@ -92,12 +92,13 @@ def ours_unshuffled(data: str) -> dict:
 
 def ours(data: str, window_rows: int = 8192) -> dict:
     from orchestrator.data import source
+    from orchestrator.data.plan import Layout
     from orchestrator.data.reader import EndOfEpoch, ShardReader
 
     started = time.perf_counter()
     index = source.scan(data, LABEL)
     scan_s = time.perf_counter() - started
-    reader = ShardReader(index, seed=0, batch_size=BATCH, lanes=8, window_rows=window_rows, world_size=1, rank=0)
+    reader = ShardReader(index, Layout(seed=0, batch_size=BATCH, lanes=8, window_rows=window_rows), world_size=1, rank=0)
 
     def batches():
         while True:
@@ -158,9 +159,10 @@ def profile_ours(data: str, top: int = 8) -> dict:
     import pstats
 
     from orchestrator.data import source
+    from orchestrator.data.plan import Layout
     from orchestrator.data.reader import EndOfEpoch, ShardReader
 
-    reader = ShardReader(source.scan(data, LABEL), seed=0, batch_size=BATCH, lanes=8, window_rows=8192,
+    reader = ShardReader(source.scan(data, LABEL), Layout(seed=0, batch_size=BATCH, lanes=8, window_rows=8192),
                          world_size=1, rank=0, prefetch_batches=0)
 
     def one_epoch() -> None:

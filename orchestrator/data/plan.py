@@ -27,6 +27,7 @@ of an epoch are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -179,6 +180,33 @@ class EpochPlan:
         """Map stream positions to (row-group position in the index, training-row offset)."""
         slot = np.searchsorted(self.starts, positions, side="right") - 1
         return self.order[slot], positions - self.starts[slot]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What fixes the order of every epoch, read from a job once (`for_job`)."""
+
+    seed: int
+    batch_size: int  # global rows per optimizer step
+    lanes: int
+    window_rows: int  # rows shuffled together within a lane
+    holdout_fraction: float = 0.0  # rows of each row group held out for validation
+
+    @classmethod
+    def for_job(cls, job) -> "Layout":
+        """The layout of a resolved `JobSpec` (its data.lanes resolved; validation a fraction or a path)."""
+        validation = job.data.validation
+        return cls(
+            seed=job.train.seed,
+            batch_size=job.train.batch_size,
+            lanes=job.data.lanes,
+            window_rows=job.data.shuffle_window_rows,
+            holdout_fraction=validation if isinstance(validation, float) else 0.0,
+        )
+
+    def plan(self, index: DatasetIndex, epoch: int) -> "EpochPlan":
+        """`plan_epoch` of `index` for `epoch` under this layout."""
+        return plan_epoch(index, epoch=epoch, **dataclasses.asdict(self))
 
 
 def plan_epoch(

@@ -27,7 +27,7 @@ import torch
 from orchestrator import settings, storage
 from orchestrator.data import plan as planning
 from orchestrator.data.index import DatasetIndex
-from orchestrator.data.plan import Cursor, EpochPlan
+from orchestrator.data.plan import Cursor, EpochPlan, Layout
 
 _OPEN_FILES = 8  # remote Parquet files kept open per reader
 _FOOTERS = 64  # parsed footers of local files kept per reader
@@ -150,25 +150,18 @@ class ShardReader:
     def __init__(
         self,
         index: DatasetIndex,
+        layout: Layout,
         *,
-        seed: int,
-        batch_size: int,
-        lanes: int,
-        window_rows: int,
         world_size: int,
         rank: int,
         label_dtype: str = "float32",
-        holdout_fraction: float = 0.0,
         prefetch_batches: int = 0,
         pin_memory: bool = False,
     ):
-        self.index = index
+        self.index, self.layout = index, layout
         self.pin_memory = pin_memory
-        self.seed = seed
-        self.batch_size = batch_size
-        self.lanes = lanes
-        self.window_rows = window_rows
-        self.holdout_fraction = holdout_fraction
+        batch_size, lanes, window_rows = layout.batch_size, layout.lanes, layout.window_rows
+        self.holdout_fraction = layout.holdout_fraction
         self.label_dtype = label_dtype
         self.prefetch_batches = prefetch_batches
         self.owned = planning.owned_lanes(lanes, world_size, rank)
@@ -185,15 +178,7 @@ class ShardReader:
 
     def plan(self, epoch: int) -> EpochPlan:
         """The layout of `epoch` (the same on every rank and at every world size)."""
-        return planning.plan_epoch(
-            self.index,
-            seed=self.seed,
-            epoch=epoch,
-            batch_size=self.batch_size,
-            lanes=self.lanes,
-            window_rows=self.window_rows,
-            holdout_fraction=self.holdout_fraction,
-        )
+        return self.layout.plan(self.index, epoch)
 
     def state(self) -> Cursor:
         """The cursor of the next batch `next_batch()` will return."""

@@ -78,16 +78,7 @@ def prepare(job: JobSpec) -> PreparedJob:
     validation_index = None
     if isinstance(validation, str):
         validation_index = source.scan(validation, job.data.label, index.features)
-    holdout = validation if isinstance(validation, float) else 0.0
-    first_epoch = plan.plan_epoch(
-        index,
-        seed=job.train.seed,
-        epoch=0,
-        batch_size=job.train.batch_size,
-        lanes=job.data.lanes,
-        window_rows=job.data.shuffle_window_rows,
-        holdout_fraction=holdout,
-    )
+    first_epoch = plan.Layout.for_job(job).plan(index, epoch=0)
     outputs = _output_size(job, index)
     return PreparedJob(job, index, validation_index, first_epoch.batches, first_epoch.dropped, outputs)
 

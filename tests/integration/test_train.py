@@ -12,11 +12,12 @@ import yaml
 
 from orchestrator import cli
 from orchestrator.data import source, synthetic
+from orchestrator.data.plan import Layout
 from orchestrator.data.reader import ShardReader
 from orchestrator.driver import launch
 from orchestrator.errors import LaunchError, TrainingError
 from orchestrator.job import spec
-from orchestrator.train.loop import weights_digest
+from orchestrator.train.distributed import weights_digest
 from tests.conftest import regression_job
 
 
@@ -64,7 +65,7 @@ def test_one_ddp_step_on_two_shards_equals_one_step_on_their_union(regression_da
 
     # The same step in one process on the whole global batch (the union of both shards).
     index = source.scan(data_dir, "y")
-    reader = ShardReader(index, seed=3, batch_size=256, lanes=8, window_rows=8192, world_size=1, rank=0)
+    reader = ShardReader(index, Layout(seed=3, batch_size=256, lanes=8, window_rows=8192), world_size=1, rank=0)
     batch = reader.next_batch()
     reader.close()
     torch.manual_seed(3)

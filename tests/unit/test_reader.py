@@ -34,8 +34,8 @@ def index(tmp_path_factory):
 
 def read_epoch(index, world, rank, cursor=plan.Cursor(), prefetch=2, holdout=0.0):
     reader = ShardReader(
-        index, seed=5, batch_size=BATCH, lanes=LANES, window_rows=500, world_size=world, rank=rank,
-        holdout_fraction=holdout, prefetch_batches=prefetch,
+        index, plan.Layout(seed=5, batch_size=BATCH, lanes=LANES, window_rows=500, holdout_fraction=holdout),
+        world_size=world, rank=rank, prefetch_batches=prefetch,
     )
     reader.restore(cursor)
     batches = []
@@ -81,8 +81,8 @@ def test_batches_follow_the_plan_row_for_row(index, world, batch, holdout, windo
         return rg.first_row + int(kept[offset])
 
     for rank in range(world):
-        reader = ShardReader(index, seed=5, batch_size=batch, lanes=LANES, window_rows=window, world_size=world,
-                             rank=rank, holdout_fraction=holdout)
+        reader = ShardReader(index, plan.Layout(seed=5, batch_size=batch, lanes=LANES, window_rows=window,
+                                                  holdout_fraction=holdout), world_size=world, rank=rank)
         for b in range(epoch_plan.batches):
             expected = [
                 global_id(int(p), int(o))

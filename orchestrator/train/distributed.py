@@ -1,0 +1,44 @@
+"""The few collective and determinism helpers the worker loop shares with its tests.
+
+Owns: summing floats across ranks (`all_reduce_sum`), reseeding every
+generator from (seed, step, rank) (`reseed`), and the digest that proves
+replicas bit-identical (`weights_digest`). Knows nothing about the job file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum `values` over all ranks in float64 (a collective: every rank must call it)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [float(v) for v in values]
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def reseed(seed: int, step: int, rank: int, device: torch.device) -> None:
+    """Seed every generator from (seed, step, rank), so a resumed step draws what it drew before."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2)
+    # Not torch.manual_seed: it also queues CUDA seeding, formatting the call stack each time (~0.5 ms a step).
+    torch.default_generator.manual_seed(int(state[0]))
+    if device.type == "cuda":
+        torch.cuda.manual_seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    random.seed(int(state[1]))
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names and raw tensor bytes: equal digests mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -65,3 +65,9 @@ class TrainingError(OrchestratorError):
 
 class ReportError(OrchestratorError):
     """A run folder cannot be read back or reported on (no run there, a missing optional package)."""
+
+
+def first_line(error: BaseException | str, *, last: bool = False) -> str:
+    """The first (or, with `last`, the last) non-empty line of `error`'s message; its type name if it has none."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return (lines[-1] if last else lines[0]) if lines else type(error).__name__

@@ -78,7 +78,7 @@ class ProgressPrinter:
         steps_per_s = r["samples_per_s"] / self.job.train.batch_size
         eta = (r["total_steps"] - r["step"]) / steps_per_s if steps_per_s > 0 else 0.0
         status = (f"step {r['step']}/{r['total_steps']}  loss {r['loss']:.4g}  "
-                  f"{r['samples_per_s']:,.0f} samples/s  ETA {_clock(eta)}")
+                  f"{r['samples_per_s']:,.0f} samples/s  ETA {duration(eta)}")
         if self.tty and not self.verbose:
             done = (r["step"] - r["epoch"] * r["steps_per_epoch"]) / max(r["steps_per_epoch"], 1)
             filled = int(20 * min(max(done, 0.0), 1.0))
@@ -96,7 +96,14 @@ def format_metrics(prefix: str, metrics: dict) -> str:
     return "".join(f"{prefix} {name} {value:.4g}  " for name, value in metrics.items())
 
 
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
+def duration(seconds: float | None) -> str:
+    """A duration as a person reads it: '42.0s', '1m15s', '2h05m'; '-' for None."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    return f"{hours}h{minutes:02d}m"

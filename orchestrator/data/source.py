@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from orchestrator import settings, storage
 from orchestrator.data.index import DatasetIndex, RowGroup
-from orchestrator.errors import DataError
+from orchestrator.errors import DataError, first_line
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 _GLOB_CHARS = ("*", "?", "[")
@@ -120,8 +120,7 @@ def _read_footers(arrow_fs: pyarrow.fs.FileSystem, files: list[str]) -> list[pq.
         try:
             return pq.read_metadata(path, filesystem=arrow_fs)
         except (pa.ArrowException, OSError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return f"cannot read the Parquet footer; the file is not Parquet or is corrupt ({reason})"
+            return f"cannot read the Parquet footer; the file is not Parquet or is corrupt ({first_line(exc)})"
 
     threads = max(1, min(settings.FOOTER_READ_THREADS.get_int(), len(files)))
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="parquet-footer") as pool:

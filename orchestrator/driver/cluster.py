@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 
 import yaml
@@ -46,6 +47,15 @@ class AutoscalerLimits:
     max_per_node: dict[str, float] = field(default_factory=dict)
     adds_nodes: bool = True
     new_machines: bool = True
+
+
+def unreachable(host: str, port: int, timeout_s: float) -> str | None:
+    """Why nothing answers a TCP connection to host:port within `timeout_s` (the OS's reason), or None."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        return str(error.strerror or error)
+    return None
 
 
 def alive_nodes() -> list[dict]:

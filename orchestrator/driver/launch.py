@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from orchestrator.errors import (
     OrchestratorError,
     SpecError,
     TrainingError,
+    first_line,
 )
 from orchestrator.job.spec import JobSpec
 from orchestrator.track.board import RunBoard
@@ -313,14 +313,15 @@ def _require_reachable(address: str) -> None:
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
         return  # "auto", "local": Ray resolves those itself
-    try:
-        socket.create_connection((host, int(port)), timeout=settings.CONNECT_TIMEOUT_S.get_float()).close()
-    except OSError as error:
+    from orchestrator.driver import cluster
+
+    why = cluster.unreachable(host, int(port), settings.CONNECT_TIMEOUT_S.get_float())
+    if why:
         where = "RAY_ADDRESS" if address == settings.RAY_ADDRESS.get() else "--address"
         raise LaunchError(
-            f"no Ray cluster answers at {address} (from {where}): {error.strerror or error}. Start the cluster, "
+            f"no Ray cluster answers at {address} (from {where}): {why}. Start the cluster, "
             "fix the address, or unset RAY_ADDRESS to train on an embedded local Ray."
-        ) from None
+        )
 
 
 def _check_resources(job: JobSpec) -> None:
@@ -433,5 +434,4 @@ def _root_cause(error: BaseException) -> BaseException:
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[-1] if text else ''}".strip()
+    return f"{type(error).__name__}: {first_line(error, last=True)}"

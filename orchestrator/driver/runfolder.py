@@ -99,11 +99,8 @@ def finish(fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, job: JobSpec,
 
 def newest_complete(fs: pyarrow.fs.FileSystem, run_path: str) -> tuple[str, dict] | None:
     """The newest checkpoint in the run folder whose files are all there, with its manifest."""
-    for name in checkpoint.newest_first(fs, run_path):
-        manifest = checkpoint.peek(fs, f"{run_path}/{name}")
-        if manifest is not None:
-            return name, manifest
-    return None
+    complete = checkpoint.complete_newest_first(fs, run_path)
+    return complete[0] if complete else None
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -21,14 +21,14 @@ import contextlib
 import logging
 import os
 import shlex
-import socket
 import sys
 import time
 import urllib.parse
 from typing import Callable, Iterator, Sequence
 
 from orchestrator import settings, storage
-from orchestrator.errors import LaunchError
+from orchestrator.driver import cluster
+from orchestrator.errors import LaunchError, first_line
 from orchestrator.job import spec
 
 # Never uploaded with the working directory (.gitignore patterns relative to it, no
@@ -82,7 +82,7 @@ def connect(address: str | None):
         raise LaunchError(f"The Ray cluster at {address} {sent}. {_AUTH_HELP}") from None
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise LaunchError(
-            f"Cannot reach the Ray Jobs API at {address or 'the local default'}: {_first_line(error)}. "
+            f"Cannot reach the Ray Jobs API at {address or 'the local default'}: {first_line(error)}. "
             "Pass --address http://HOST:8265 (the head's dashboard; tunnel it with "
             "`ssh -L 8265:127.0.0.1:8265 HEAD`), or set RAY_API_SERVER_ADDRESS."
         ) from None
@@ -94,15 +94,13 @@ def _check_reachable(address: str | None) -> None:
         return  # a GCS address or 'auto': Ray looks the dashboard up itself
     url = urllib.parse.urlsplit(address)
     port = url.port or (443 if url.scheme == "https" else 80)
-    timeout = settings.SUBMIT_CONNECT_TIMEOUT_S.get_float()
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as error:
+    why = cluster.unreachable(url.hostname, port, settings.SUBMIT_CONNECT_TIMEOUT_S.get_float())
+    if why:
         raise LaunchError(
-            f"No Ray cluster answers at {address} ({error.strerror or error}). Start one with "
+            f"No Ray cluster answers at {address} ({why}). Start one with "
             "`ray start --head --dashboard-host 127.0.0.1`, check the host and the dashboard port "
             "(8265 by default), or tunnel a remote head with `ssh -L 8265:127.0.0.1:8265 HEAD`."
-        ) from None
+        )
 
 
 def _auth_headers() -> dict[str, str]:
@@ -255,7 +253,7 @@ def status(job_id: str, address: str | None) -> str:
     info = _call(connect(address).get_job_info, address, job_id)
     lines = [f"{job_id}: {info.status}"]
     if info.message:
-        lines.append(f"  {info.message.strip().splitlines()[0]}")
+        lines.append(f"  {first_line(info.message)}")
     lines.append(f"  entrypoint  {info.entrypoint}")
     if info.start_time:
         lines.append(f"  started     {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info.start_time / 1000))}")
@@ -294,13 +292,8 @@ def _call(method, address: str | None, *args, **kwargs):
         text = str(error)
         if "404" in text or "does not exist" in text:
             job = args[0] if args else kwargs.get("job_id", "")
-            raise LaunchError(f"No job {job} on the Ray cluster at {address_of(address)}: {_first_line(error)}") from None
-        raise LaunchError(f"The Ray Jobs API at {address_of(address)} failed: {_first_line(error)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+            raise LaunchError(f"No job {job} on the Ray cluster at {address_of(address)}: {first_line(error)}") from None
+        raise LaunchError(f"The Ray Jobs API at {address_of(address)} failed: {first_line(error)}") from None
 
 
 def _address_flag(address: str | None) -> str:

@@ -21,7 +21,6 @@ every column of the new data except the label (as training resolved them).
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -36,7 +35,7 @@ from orchestrator import storage
 from orchestrator.data import source
 from orchestrator.data.reader import validation_batches
 from orchestrator.driver.runfolder import RUN_FILE
-from orchestrator.errors import CheckpointError, DataError, ReportError
+from orchestrator.errors import CheckpointError, DataError, ReportError, first_line
 from orchestrator.job import spec
 from orchestrator.train import checkpoint, models
 
@@ -68,7 +67,7 @@ class TrainedModel:
         try:
             net.load_state_dict(self.state)
         except RuntimeError as error:
-            first = str(error).strip().splitlines()[-1].strip()
+            first = first_line(error, last=True)
             how = ("the job named its data.features" if self.job.data.features else
                    f"the job did not name data.features, so every column but the label {self.job.data.label!r} "
                    "is a feature: the new data must have exactly the training columns")
@@ -98,13 +97,13 @@ def load(run_url: str, checkpoint_name: str | None = None) -> TrainedModel:
         with checkpoint.local_copy(fs, where) as directory:
             checkpoint.verify(directory)
             with open(f"{directory}/{checkpoint.MODEL_FILE}", "rb") as f:
-                state = _load_weights(f.read(), f"{where}/{checkpoint.MODEL_FILE}")
+                state = checkpoint.load_tensors(f.read(), f"{where}/{checkpoint.MODEL_FILE}")
         job = checkpoint.read_job(fs, where)
         return TrainedModel(run_url, storage.join(run_url, checkpoint_name), _job(job, where), state)
     model_path = f"{run_path}/{checkpoint.MODEL_FILE}"
     try:
         with fs.open_input_stream(model_path) as f:
-            state = _load_weights(f.read(), model_path)
+            state = checkpoint.load_tensors(f.read(), model_path)
     except FileNotFoundError:
         raise CheckpointError(
             f"The run at {run_url!r} has no {checkpoint.MODEL_FILE} (it is written when a run finishes). "
@@ -235,19 +234,10 @@ def _prediction_table(loss: str, outputs: torch.Tensor, first_row: int) -> pa.Ta
     return pa.table(columns)
 
 
-def _load_weights(data: bytes, where: str) -> dict[str, torch.Tensor]:
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as error:  # a weights_only refusal or a torn file: never unpickle further
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"Cannot load the weights in {where} as a plain state_dict ({reason}).") from None
-
-
 def _job(raw: dict, where: str) -> spec.JobSpec:
     return spec.from_dict(raw, source=where)
 
 
 def _complete(fs: pyarrow.fs.FileSystem, run_path: str) -> list[str]:
     """Names of the run's complete checkpoints, newest first."""
-    names = checkpoint.newest_first(fs, run_path)
-    return [name for name in names if checkpoint.peek(fs, f"{run_path}/{name}") is not None]
+    return [name for name, _ in checkpoint.complete_newest_first(fs, run_path)]

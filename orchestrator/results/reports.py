@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 from orchestrator import storage
 from orchestrator.driver.runfolder import HISTORY_FILE, RUN_FILE, SUMMARY_FILE
 from orchestrator.errors import ReportError
+from orchestrator.progress import duration
+from orchestrator.track.summary import fit_diagnosis
 
 REPORT_DIR = "report"
 VALIDATION_SCORES = ("val/accuracy", "val/r2")  # higher is better; one of them per run
@@ -132,14 +134,8 @@ def fit_signal(run: Run) -> dict[str, Any] | None:
         return fit
     epochs, val = run.epoch_series("val/loss")
     train = dict(zip(*run.epoch_series("epoch/train_loss")))
-    if not val or epochs[-1] not in train:
-        return None
-    best = min(range(len(val)), key=val.__getitem__)
-    fit = {"train_loss": train[epochs[-1]], "validation_loss": val[-1], "gap": val[-1] - train[epochs[-1]],
-           "best_validation_epoch": epochs[best] + 1}
-    fit["reading"] = ("still improving at the last epoch" if best == len(val) - 1 else
-                      f"validation loss has not improved since epoch {epochs[best] + 1}")
-    return fit
+    return fit_diagnosis([{"epoch": epoch, "train": {"loss": train[epoch]}, "validation": {"loss": loss}}
+                          for epoch, loss in zip(epochs, val) if epoch in train])
 
 
 def duration_s(run: Run) -> float | None:
@@ -177,7 +173,7 @@ def runs_table(runs: list[Run]) -> str:
         best = best_validation(run)
         where = f" (epoch {best[2] + 1})" if best and best[2] is not None else ""
         shown = f"{best[0]} {_number(best[1])}{where}" if best else "-"
-        rows.append((run.name, run.status, str(steps(run)), shown, _duration(duration_s(run)), world_size(run)))
+        rows.append((run.name, run.status, str(steps(run)), shown, duration(duration_s(run)), world_size(run)))
     return _table(rows)
 
 
@@ -185,7 +181,7 @@ def describe(run: Run) -> str:
     """The `orchestrator report` text: outcome, final metrics, fit signal, early stopping, restarts."""
     summary, meta = run.summary or {}, run.meta or {}
     lines = [f"run {run.name} ({run.url}): {run.status}, {steps(run)} steps, "
-             f"{summary.get('epochs_completed', '?')} epoch(s), {_duration(duration_s(run))}, "
+             f"{summary.get('epochs_completed', '?')} epoch(s), {duration(duration_s(run))}, "
              f"{world_size(run)} worker(s)"]
     final = _final_metrics(run)
     if final:
@@ -218,7 +214,7 @@ def compare_table(a: Run, b: Run) -> str:
     fields = {
         "status": (a.status, b.status), "steps": (steps(a), steps(b)),
         "epochs": ((a.summary or {}).get("epochs_completed"), (b.summary or {}).get("epochs_completed")),
-        "duration": (_duration(duration_s(a)), _duration(duration_s(b))),
+        "duration": (duration(duration_s(a)), duration(duration_s(b))),
         "workers": (world_size(a), world_size(b)),
         "restarts": (len((a.meta or {}).get("restarts") or []), len((b.meta or {}).get("restarts") or [])),
     }
@@ -380,18 +376,6 @@ def _number(value: Any) -> str:
 
 def _cell(value: Any) -> str:
     return _number(value) if not isinstance(value, (list, tuple)) else str(list(value))
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _table(rows: list[tuple], indent: str = "") -> str:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from orchestrator import storage
-from orchestrator.errors import SpecError
+from orchestrator.errors import SpecError, first_line
 from orchestrator.job.spec import JobSpec
 
 TENSORBOARD_DIR = "tensorboard"
@@ -141,9 +141,8 @@ class MlflowExporter:
             self._open_run(job, run_url)
         except MlflowException as error:
             where = job.tracking.mlflow_tracking_uri or "MLFLOW_TRACKING_URI or MLflow's default"
-            reason = str(error).strip().splitlines()[0]
             raise SpecError(f"tracking.mlflow_tracking_uri: cannot open the MLflow tracking store ({where}): "
-                            f"{reason}") from None
+                            f"{first_line(error)}") from None
 
     def _open_run(self, job: JobSpec, run_url: str) -> None:
         """Resume the MLflow run named in run.json, or create one and log the job as its params."""

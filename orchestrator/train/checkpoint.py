@@ -29,6 +29,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -43,7 +44,7 @@ import pyarrow.parquet
 import torch
 
 from orchestrator.data.plan import Cursor
-from orchestrator.errors import CheckpointError
+from orchestrator.errors import CheckpointError, first_line
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
@@ -274,6 +275,12 @@ def peek(fs: pyarrow.fs.FileSystem, path: str) -> dict | None:
     return manifest if sizes_match else None
 
 
+def complete_newest_first(fs: pyarrow.fs.FileSystem, run_path: str) -> list[tuple[str, dict]]:
+    """(name, manifest) of every complete checkpoint in the run folder (as `peek` judges it), newest first."""
+    found = ((name, peek(fs, f"{run_path}/{name}")) for name in newest_first(fs, run_path))
+    return [(name, manifest) for name, manifest in found if manifest is not None]
+
+
 def read_job(fs: pyarrow.fs.FileSystem, path: str) -> dict:
     """The resolved job file stored in the checkpoint at `path`."""
     with fs.open_input_stream(f"{path}/{JOB_FILE}") as f:
@@ -282,27 +289,33 @@ def read_job(fs: pyarrow.fs.FileSystem, path: str) -> dict:
 
 def prune(fs: pyarrow.fs.FileSystem, run_path: str, keep: int) -> list[str]:
     """Delete incomplete checkpoints and all but the newest `keep` complete ones; returns what was deleted."""
-    complete = 0
-    deleted = []
-    for name in newest_first(fs, run_path):
-        if peek(fs, f"{run_path}/{name}") is not None and complete < keep:
-            complete += 1
-            continue
+    kept = {name for name, _ in complete_newest_first(fs, run_path)[:keep]}
+    deleted = [name for name in newest_first(fs, run_path) if name not in kept]
+    for name in deleted:
         fs.delete_dir(f"{run_path}/{name}")
-        deleted.append(name)
     return deleted
+
+
+def load_tensors(source: str | bytes, where: str) -> Any:
+    """Tensors and plain containers from a file path or its bytes, with `torch.load(weights_only=True)`.
+
+    Nothing is unpickled as an object: a file holding pickled Python objects,
+    or a torn one, is a CheckpointError naming `where`.
+    """
+    try:
+        return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source,
+                          map_location="cpu", weights_only=True)
+    except Exception as error:  # a weights_only refusal or a torn file: never unpickle further
+        objects = " it holds pickled Python objects, and" if isinstance(error, pickle.UnpicklingError) else ""
+        raise CheckpointError(
+            f"refusing to load {where}:{objects} checkpoints and model.pt are loaded as plain tensors "
+            f"with weights_only=True ({first_line(error)})"
+        ) from None
 
 
 def _safe_load(directory: str, name: str) -> Any:
     path = os.path.join(directory, name)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"refusing to load {path}: it holds pickled Python objects, and checkpoints are "
-            f"loaded with weights_only=True ({reason})"
-        ) from None
+    return load_tensors(path, path)
 
 
 def _describe(path: str) -> dict:

@@ -1,1 +1,3 @@
-"""Parquet data: discovery and footers (source), shard arithmetic (plan), reading (reader)."""
+"""Parquet data: the index types (index), discovery and footers (source), shard arithmetic
+(plan, pure), Parquet → tensors (reader) and synthetic datasets with a known answer (synthetic).
+"""

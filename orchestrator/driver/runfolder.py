@@ -4,8 +4,8 @@ Owns the folder's lifecycle and file names. At the start: create it, or find
 that the run already finished, or resume from its newest complete checkpoint
 (refusing a job whose training settings changed), or delete it for `--fresh`.
 At the end: prune checkpoints and export `model.pt` and `metrics.parquet`
-from storage. Checkpoint contents belong to `checkpoint`; summaries and
-run.json's content to `tracking`.
+from storage. Checkpoint contents belong to `train.checkpoint`; summaries and
+run.json's content to `track.summary` and `track.metadata`.
 
     model.pt          the final (or, with early stopping, the best) weights
     metrics.parquet   the metric history (track.history.HISTORY_SCHEMA)

@@ -1,0 +1,3 @@
+"""Reading run folders afterwards: the runs table, reports and plots, comparisons,
+predictions and evaluation. Starts no Ray.
+"""

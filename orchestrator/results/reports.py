@@ -7,7 +7,7 @@ Agg backend, an optional extra). It writes only `<run>/report/*.png` and the
 comparison PNG it is asked for.
 
 It never trains and never imports Ray or torch; what a run folder holds is
-written by `launch` and `tracking`. Every field beyond the basics is read with
+written by `driver.launch` and `track`. Every field beyond the basics is read with
 `.get()`, so runs written before a field existed still report.
 """
 

@@ -15,13 +15,16 @@ resumed from. Loading verifies sizes and checksums first, then uses
 `torch.load(weights_only=True)`: nothing is ever unpickled as an object.
 
 In storage, checkpoints live side by side in the run folder; `newest_first`,
-`local_copy` and `prune` work there on any pyarrow filesystem.
+`complete_newest_first`, `local_copy` and `prune` work there on any pyarrow
+filesystem. `Uploader` copies a saved directory to storage in the background,
+manifest last, so a checkpoint is durable without waiting for Ray Train.
 
 RNG state is not stored: the loop reseeds every generator from
 (seed, step, rank) before each step, so the counters above determine it.
 
-It knows nothing about Ray cluster setup; the loop hands directories to
-`ray.train.report` and gets them back from `ray.train.get_checkpoint`.
+It knows nothing about Ray: the loop decides which checkpoint to resume from
+(the newest in the run folder whose manifest verifies) and reports the
+directories it saves to `ray.train.report`, which registers and retains them.
 """
 
 from __future__ import annotations

@@ -6,21 +6,42 @@ Owns: the typed readers (`as_int`, `as_float`, `as_str`, `as_list`, `choice`,
 suggestion (`nearest`), `Fields` (one section's mapping, read key by key, with
 unknown keys reported by `finish`) and `Report` (every problem found, each
 prefixed by its key path). A converter raises `Bad`; `Fields` turns it into a
-problem under the full key path.
+problem under the full key path. Given the section's dataclass (`schema`), a
+getter called without a default takes that dataclass field's default
+(`schema_default`), so each default is written once, in the dataclass.
 
-Leaves to `spec`: what the sections and their fields are, their defaults, the
-checks that span sections, and the `SpecError` raised at the end. Private to the
-package: `spec` is its only user. Imports neither torch nor ray.
+Leaves to its callers (the section readers of the `job` package): what the
+sections and their fields are, their defaults, the checks that span sections,
+and the `SpecError` raised at the end. Private to the `job` package. Imports
+neither torch nor ray.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 REQUIRED: Any = object()  # the default of a field the user must set
+FROM_SCHEMA: Any = object()  # a getter's default when none is passed: the schema dataclass's (see Fields)
+
+
+def schema_default(schema: type | None, key: str) -> Any:
+    """The default of field `key` of dataclass `schema` (its default_factory called), or REQUIRED
+    when the field has none or there is no schema. A key the dataclass lacks is a KeyError."""
+    if schema is None:
+        return REQUIRED
+    declared = {f.name: f for f in dataclasses.fields(schema)}
+    if key not in declared:
+        raise KeyError(f"{schema.__name__} has no field {key!r}")
+    field = declared[key]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return REQUIRED
 
 
 class Bad(Exception):
@@ -131,10 +152,13 @@ def as_list(value: Any, item: Callable[[Any], Any], what: str) -> tuple:
 
 class Fields:
     """Reads one section's mapping. Each getter returns the typed value, or records a problem
-    under the full key path and returns the default; `finish` reports the keys nobody read."""
+    under the full key path and returns the default; `finish` reports the keys nobody read.
 
-    def __init__(self, raw: Mapping, path: str, report: Report):
-        self.raw, self.path, self.report = raw, path, report
+    A getter called without `default` uses `schema_default(schema, key)`: the default of the
+    section dataclass's field of that name, REQUIRED when it has none or `schema` is None."""
+
+    def __init__(self, raw: Mapping, path: str, report: Report, schema: type | None = None):
+        self.raw, self.path, self.report, self.schema = raw, path, report, schema
         self.known: list[str] = []
 
     def key_path(self, key: Any) -> str:
@@ -143,9 +167,13 @@ class Fields:
     def add(self, key: str, message: str) -> None:
         self.report.add(self.key_path(key), message)
 
-    def value(self, key: str, default: Any, convert: Callable[[Any], Any], why: str = "",
-              nullable: bool | None = None) -> Any:
+    def value(self, key: str, default: Any = FROM_SCHEMA, convert: Callable[[Any], Any] | None = None,
+              why: str = "", nullable: bool | None = None) -> Any:
         """`convert(raw[key])`; null is kept when `nullable` (by default: when the default is None)."""
+        if convert is None:
+            raise TypeError(f"Fields.value({key!r}) needs convert")
+        if default is FROM_SCHEMA:
+            default = schema_default(self.schema, key)
         self.known.append(key)
         raw, fallback = self.raw.get(key), None if default is REQUIRED else default
         if raw is None and default is REQUIRED:
@@ -162,28 +190,30 @@ class Fields:
             self.report.add(self.key_path(key) + bad.where, bad.message)
             return fallback
 
-    def int(self, key: str, default: Any = REQUIRED, *, why: str = "", nullable: bool | None = None,
+    def int(self, key: str, default: Any = FROM_SCHEMA, *, why: str = "", nullable: bool | None = None,
             **bounds: Any) -> Any:
         return self.value(key, default, lambda v: ranged(as_int(v), **bounds), why, nullable)
 
-    def float(self, key: str, default: Any = REQUIRED, **bounds: Any) -> Any:
+    def float(self, key: str, default: Any = FROM_SCHEMA, **bounds: Any) -> Any:
         return self.value(key, default, lambda v: ranged(as_float(v), **bounds))
 
-    def bool(self, key: str, default: Any) -> Any:
+    def bool(self, key: str, default: Any = FROM_SCHEMA) -> Any:
         return self.value(key, default, as_bool)
 
-    def str(self, key: str, default: Any = REQUIRED, *, why: str = "") -> Any:
+    def str(self, key: str, default: Any = FROM_SCHEMA, *, why: str = "") -> Any:
         return self.value(key, default, as_str, why)
 
-    def choice(self, key: str, default: Any, allowed: Sequence[str], noun: str) -> Any:
+    def choice(self, key: str, default: Any = FROM_SCHEMA, allowed: Sequence[str] = (), noun: str = "") -> Any:
+        if not allowed or not noun:
+            raise TypeError(f"Fields.choice({key!r}) needs allowed and noun")
         return self.value(key, default, lambda v: choice(v, allowed, noun), "one of " + ", ".join(allowed))
 
-    def int_list(self, key: str, default: Any, **bounds: Any) -> Any:
+    def int_list(self, key: str, default: Any = FROM_SCHEMA, **bounds: Any) -> Any:
         def ranged_int(item: Any) -> int:
             return ranged(as_int(item), **bounds)
         return self.value(key, default, lambda v: as_list(v, ranged_int, "integers"))
 
-    def str_list(self, key: str, default: Any) -> Any:
+    def str_list(self, key: str, default: Any = FROM_SCHEMA) -> Any:
         def unique(value: Any) -> tuple:
             names = as_list(value, as_str, "strings")
             repeated = sorted({name for name in names if names.count(name) > 1})
@@ -193,22 +223,23 @@ class Fields:
         return self.value(key, default, unique)
 
     def section(self, key: str, *, required: bool = False, why: str = "", shorthand: bool = False,
-                empty_when_absent: bool = True) -> Fields | None:
-        """The mapping under `key` as its own `Fields`; None when it is wrong, or absent and
-        required or not `empty_when_absent`. `shorthand` reads `key: x` as `key: {name: x}`."""
+                empty_when_absent: bool = True, schema: type | None = None) -> Fields | None:
+        """The mapping under `key` as its own `Fields` (reading defaults from `schema`); None when
+        it is wrong, or absent and required or not `empty_when_absent`. `shorthand` reads
+        `key: x` as `key: {name: x}`."""
         self.known.append(key)
         raw = self.raw.get(key)
         if raw is None:
             if required:
                 self.add(key, f"required section ({why})")
-            return None if required or not empty_when_absent else Fields({}, self.key_path(key), self.report)
+            return None if required or not empty_when_absent else Fields({}, self.key_path(key), self.report, schema)
         if shorthand and isinstance(raw, str):
             raw = {"name": raw}
         if not isinstance(raw, Mapping):
             what = f"a {key} name or a mapping" if shorthand else "a mapping"
             self.add(key, f"expected {what} of {key} settings, got {describe(raw)}")
             return None
-        return Fields(raw, self.key_path(key), self.report)
+        return Fields(raw, self.key_path(key), self.report, schema)
 
     def finish(self) -> None:
         """Report every key this section does not know, with the nearest known one."""

@@ -1,10 +1,14 @@
 """The job file: what a user asks for, as typed, frozen dataclasses.
 
 Owns: the YAML schema (one dataclass per section, every field documented, units
-in the names), defaults, `--set a.b.c=value` overrides, and validation in two
-tiers (field checks per section, then cross-section checks) that reports every
-problem at once in one `SpecError`. Each problem starts with its key path
-(`optim.lr: must be > 0, got -1`); an unknown key gets the nearest valid one.
+in the names), defaults (each written once, in its dataclass: a section's
+builder reads them through `Fields`), `--set a.b.c=value` overrides, and
+validation in two tiers (field checks per section, then cross-section checks)
+that reports every problem at once in one `SpecError`. Each problem starts with
+its key path (`optim.lr: must be > 0, got -1`); an unknown key gets the nearest
+valid one. Also declared here for every module: which losses are classification
+(`CLASSIFICATION_LOSSES`), the early-stopping metrics and which of them are
+maximized, and how `data.lanes` resolves (`resolve_lanes`).
 
 Leaves to others: whether the data exists and has the named columns
 (`data.source`), building models, losses and optimizers (`models`, `loop`),
@@ -44,15 +48,20 @@ from orchestrator.job.fields import (
 __all__ = [
     "DataSpec", "ModelSpec", "LossSpec", "OptimSpec", "ScheduleSpec", "TrainSpec", "ScalingSpec",
     "GenerateSpec", "EarlyStoppingSpec", "TrackingSpec", "FaultInjection", "CheckpointSpec", "FailureSpec", "JobSpec", "load", "from_dict", "apply_overrides",
+    "resolve_lanes", "CLASSIFICATION_LOSSES", "EARLY_STOPPING_METRICS", "MAXIMIZED_METRICS",
 ]
 
 BUILTIN_MODELS = ("linear", "logistic", "mlp")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "sigmoid")
 LOSSES = ("mse", "l1", "huber", "cross_entropy", "bce")
+CLASSIFICATION_LOSSES = ("cross_entropy", "bce")  # the losses whose labels are classes
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "linear")
 PRECISIONS = ("fp32", "bf16")
-MIN_LANES = 8  # data.lanes resolves to max(MIN_LANES, scaling max workers)
+MIN_LANES = 8  # data.lanes resolves to max(MIN_LANES, scaling max workers): see resolve_lanes
+# early_stopping.metric names, and those of them where larger is better (mode: max by default)
+EARLY_STOPPING_METRICS = ("val_loss", "val_accuracy", "val_r2", "train_loss")
+MAXIMIZED_METRICS = ("val_accuracy", "val_r2")
 _BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # "module.path:function"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # safe as a directory name
 _SHORTHAND_SECTIONS = ("loss", "schedule")  # `loss: mse` means `loss: {name: mse}`
@@ -81,7 +90,7 @@ class DataSpec:
     # A fraction in (0, 1) held out deterministically, or a path/URL of separate Parquet.
     validation: float | str | None = None
     # World-size-independent streams the epoch is cut into; None resolves to
-    # max(8, scaling max workers) after validation, so a built JobSpec holds an int.
+    # max(MIN_LANES, scaling max workers) after validation (resolve_lanes), so a built JobSpec holds an int.
     lanes: int | None = None
     shuffle_window_rows: int = 8192  # rows shuffled together within a lane
     # Batches a background thread reads ahead of the step; None = automatic (reader.default_prefetch).
@@ -203,7 +212,7 @@ class FailureSpec:
 class EarlyStoppingSpec:
     """Stop when a validation metric has not improved for `patience` epochs (all ranks together)."""
 
-    metric: str = "val_loss"  # val_loss | val_accuracy | val_r2 | train_loss
+    metric: str = "val_loss"  # one of EARLY_STOPPING_METRICS: val_loss | val_accuracy | val_r2 | train_loss
     patience: int = 3  # epochs without an improvement of more than min_delta
     min_delta: float = 0.0  # smallest change that counts as an improvement
     mode: str | None = None  # min | max; None = max for accuracy and r2, min for losses
@@ -211,7 +220,8 @@ class EarlyStoppingSpec:
 
     @property
     def maximize(self) -> bool:
-        return self.mode == "max" if self.mode else self.metric in ("val_accuracy", "val_r2")
+        """True when a larger metric is better: `mode` if set, else whether `metric` is in MAXIMIZED_METRICS."""
+        return self.mode == "max" if self.mode else self.metric in MAXIMIZED_METRICS
 
 
 @dataclass(frozen=True)
@@ -247,6 +257,11 @@ class JobSpec:
         return _plain(dataclasses.asdict(self))
 
 
+def resolve_lanes(data_lanes: int | None, max_workers: int) -> int:
+    """data.lanes as a built JobSpec holds it: `data_lanes` when set, else max(MIN_LANES, max_workers)."""
+    return data_lanes if data_lanes is not None else max(MIN_LANES, max_workers)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
@@ -272,12 +287,12 @@ def _data(f: Fields) -> DataSpec:
     spec = DataSpec(
         path=f.str("path", why="a Parquet file, directory or glob; any fsspec URL"),
         label=f.str("label", why="the target column"),
-        features=f.str_list("features", None),
-        validation=f.value("validation", None, _as_validation),
-        lanes=f.int("lanes", None, min=1),
-        shuffle_window_rows=f.int("shuffle_window_rows", 8192, min=1),
-        prefetch_batches=f.int("prefetch_batches", None, min=0),
-        generate=_generate(f.section("generate", empty_when_absent=False)),
+        features=f.str_list("features"),
+        validation=f.value("validation", convert=_as_validation),
+        lanes=f.int("lanes", min=1),
+        shuffle_window_rows=f.int("shuffle_window_rows", min=1),
+        prefetch_batches=f.int("prefetch_batches", min=0),
+        generate=_generate(f.section("generate", empty_when_absent=False, schema=GenerateSpec)),
     )
     if spec.features == ():
         f.add("features", "must name at least one column (omit it to use every column except the label)")
@@ -290,13 +305,13 @@ def _generate(f: Fields | None) -> GenerateSpec | None:
     if f is None:
         return None
     spec = GenerateSpec(
-        kind=f.choice("kind", REQUIRED, ("regression", "classification"), "synthetic dataset"),
-        rows=f.int("rows", 50_000, min=1),
-        features=f.int("features", 8, min=1),
-        classes=f.int("classes", 3, min=2),
-        noise=f.float("noise", 0.1, min=0),
-        files=f.int("files", 4, min=1),
-        seed=f.int("seed", 0, min=0),
+        kind=f.choice("kind", allowed=("regression", "classification"), noun="synthetic dataset"),
+        rows=f.int("rows", min=1),
+        features=f.int("features", min=1),
+        classes=f.int("classes", min=2),
+        noise=f.float("noise", min=0),
+        files=f.int("files", min=1),
+        seed=f.int("seed", min=0),
     )
     f.finish()
     return spec
@@ -319,20 +334,20 @@ def _as_options(value: Any) -> dict:
 
 def _model(f: Fields) -> ModelSpec:
     return ModelSpec(
-        kind=f.value("kind", REQUIRED, _as_kind, why="linear, logistic, mlp or 'module.path:function'"),
-        hidden=f.int_list("hidden", (64, 64), min=1),
-        activation=f.choice("activation", "relu", ACTIVATIONS, "activation"),
-        dropout=f.float("dropout", 0.0, min=0, below=1),
-        outputs=f.int("outputs", None, min=1),
-        options=f.value("options", {}, _as_options),
+        kind=f.value("kind", convert=_as_kind, why="linear, logistic, mlp or 'module.path:function'"),
+        hidden=f.int_list("hidden", min=1),
+        activation=f.choice("activation", allowed=ACTIVATIONS, noun="activation"),
+        dropout=f.float("dropout", min=0, below=1),
+        outputs=f.int("outputs", min=1),
+        options=f.value("options", convert=_as_options),
     )
 
 
 def _loss(f: Fields) -> LossSpec:
     return LossSpec(
-        name=f.choice("name", REQUIRED, LOSSES, "loss"),
-        huber_delta=f.float("huber_delta", 1.0, above=0),
-        label_smoothing=f.float("label_smoothing", 0.0, min=0, below=1),
+        name=f.choice("name", allowed=LOSSES, noun="loss"),
+        huber_delta=f.float("huber_delta", above=0),
+        label_smoothing=f.float("label_smoothing", min=0, below=1),
     )
 
 
@@ -345,12 +360,12 @@ def _as_betas(value: Any) -> tuple[float, float]:
 
 def _optim(f: Fields) -> OptimSpec:
     spec = OptimSpec(
-        name=f.choice("name", "adamw", OPTIMIZERS, "optimizer"),
-        lr=f.float("lr", 1e-3, above=0),
-        weight_decay=f.float("weight_decay", 0.0, min=0),
-        momentum=f.float("momentum", 0.0, min=0, below=1),
-        betas=f.value("betas", (0.9, 0.999), _as_betas),
-        nesterov=f.bool("nesterov", False),
+        name=f.choice("name", allowed=OPTIMIZERS, noun="optimizer"),
+        lr=f.float("lr", above=0),
+        weight_decay=f.float("weight_decay", min=0),
+        momentum=f.float("momentum", min=0, below=1),
+        betas=f.value("betas", convert=_as_betas),
+        nesterov=f.bool("nesterov"),
     )
     if not f.report.ok("optim.name", "optim.momentum"):
         return spec
@@ -363,11 +378,11 @@ def _optim(f: Fields) -> OptimSpec:
 
 def _schedule(f: Fields) -> ScheduleSpec:
     spec = ScheduleSpec(
-        name=f.choice("name", "constant", SCHEDULES, "schedule"),
-        warmup_steps=f.int("warmup_steps", 0, min=0),
-        step_size=f.int("step_size", None, min=1),
-        gamma=f.float("gamma", 0.1, above=0),
-        min_lr_ratio=f.float("min_lr_ratio", 0.0, min=0, max=1),
+        name=f.choice("name", allowed=SCHEDULES, noun="schedule"),
+        warmup_steps=f.int("warmup_steps", min=0),
+        step_size=f.int("step_size", min=1),
+        gamma=f.float("gamma", above=0),
+        min_lr_ratio=f.float("min_lr_ratio", min=0, max=1),
     )
     if spec.name == "step" and spec.step_size is None and f.report.ok("schedule.step_size"):
         f.add("step_size", "required when schedule.name is 'step' (optimizer steps between decays)")
@@ -377,16 +392,16 @@ def _schedule(f: Fields) -> ScheduleSpec:
 def _train(f: Fields) -> TrainSpec:
     return TrainSpec(
         batch_size=f.int("batch_size", why="the global batch size across all workers", min=1),
-        epochs=f.int("epochs", None, min=1),
-        max_steps=f.int("max_steps", None, min=1),
-        seed=f.int("seed", 0, min=0),
-        grad_clip=f.float("grad_clip", None, above=0),
-        grad_accum_steps=f.int("grad_accum_steps", 1, min=1),
-        precision=f.choice("precision", "fp32", PRECISIONS, "precision"),
-        compile=f.bool("compile", False),
-        log_every_n_steps=f.int("log_every_n_steps", 50, min=1),
-        ddp_bucket_cap_mb=f.float("ddp_bucket_cap_mb", 25.0, above=0),
-        find_unused_parameters=f.bool("find_unused_parameters", False),
+        epochs=f.int("epochs", min=1),
+        max_steps=f.int("max_steps", min=1),
+        seed=f.int("seed", min=0),
+        grad_clip=f.float("grad_clip", above=0),
+        grad_accum_steps=f.int("grad_accum_steps", min=1),
+        precision=f.choice("precision", allowed=PRECISIONS, noun="precision"),
+        compile=f.bool("compile"),
+        log_every_n_steps=f.int("log_every_n_steps", min=1),
+        ddp_bucket_cap_mb=f.float("ddp_bucket_cap_mb", above=0),
+        find_unused_parameters=f.bool("find_unused_parameters"),
     )
 
 
@@ -401,27 +416,27 @@ def _as_workers(value: Any) -> int | tuple[int, int]:
 
 def _scaling(f: Fields) -> ScalingSpec:
     return ScalingSpec(
-        workers=f.value("workers", 1, _as_workers),
-        cpus_per_worker=f.float("cpus_per_worker", 1.0, above=0),
-        use_gpu=f.bool("use_gpu", False),
+        workers=f.value("workers", convert=_as_workers),
+        cpus_per_worker=f.float("cpus_per_worker", above=0),
+        use_gpu=f.bool("use_gpu"),
     )
 
 
 def _checkpoint(f: Fields) -> CheckpointSpec:
     return CheckpointSpec(
-        every_n_steps=f.int("every_n_steps", 200, nullable=True, min=1),
-        every_n_seconds=f.float("every_n_seconds", None, above=0),
-        keep=f.int("keep", 3, min=1),
+        every_n_steps=f.int("every_n_steps", nullable=True, min=1),
+        every_n_seconds=f.float("every_n_seconds", above=0),
+        keep=f.int("keep", min=1),
     )
 
 
 def _failure(f: Fields) -> FailureSpec:
-    max_failures = f.int("max_failures", 3, min=-1)
-    inject, rehearsal = f.section("inject", empty_when_absent=False), None
+    max_failures = f.int("max_failures", min=-1)
+    inject, rehearsal = f.section("inject", empty_when_absent=False, schema=FaultInjection), None
     if inject is not None:
         rehearsal = FaultInjection(
             exit_at_step=inject.int("exit_at_step", why="the step at which that rank exits", min=1),
-            rank=inject.int("rank", 0, min=0),
+            rank=inject.int("rank", min=0),
         )
         inject.finish()
     return FailureSpec(max_failures=max_failures, inject=rehearsal)
@@ -431,36 +446,37 @@ def _early_stopping(f: Fields) -> EarlyStoppingSpec | None:
     if not f.raw:
         return None
     return EarlyStoppingSpec(
-        metric=f.choice("metric", "val_loss", ("val_loss", "val_accuracy", "val_r2", "train_loss"), "metric"),
-        patience=f.int("patience", 3, min=1),
-        min_delta=f.float("min_delta", 0.0, min=0),
-        mode=f.value("mode", None, lambda v: choice(v, ("min", "max"), "mode")),
-        export=f.choice("export", "best", ("best", "last"), "export"),
+        metric=f.choice("metric", allowed=EARLY_STOPPING_METRICS, noun="metric"),
+        patience=f.int("patience", min=1),
+        min_delta=f.float("min_delta", min=0),
+        mode=f.value("mode", convert=lambda v: choice(v, ("min", "max"), "mode")),
+        export=f.choice("export", allowed=("best", "last"), noun="export"),
     )
 
 
 def _tracking(f: Fields) -> TrackingSpec:
     return TrackingSpec(
-        tensorboard=f.bool("tensorboard", False),
-        mlflow=f.bool("mlflow", False),
-        mlflow_tracking_uri=f.value("mlflow_tracking_uri", None, as_str),
-        mlflow_experiment=f.value("mlflow_experiment", None, as_str),
+        tensorboard=f.bool("tensorboard"),
+        mlflow=f.bool("mlflow"),
+        mlflow_tracking_uri=f.value("mlflow_tracking_uri", convert=as_str),
+        mlflow_experiment=f.value("mlflow_experiment", convert=as_str),
     )
 
 
-# section → (builder, required, what it needs when missing, accepts the `section: name` shorthand)
-_SECTIONS: dict[str, tuple[Callable[[Fields], Any], bool, str, bool]] = {
-    "data": (_data, True, "where the Parquet data is and which column is the label", False),
-    "model": (_model, True, "at least model.kind", False),
-    "loss": (_loss, True, "a loss name such as mse", True),
-    "optim": (_optim, False, "", False),
-    "schedule": (_schedule, False, "", True),
-    "train": (_train, True, "at least train.batch_size and train.epochs or train.max_steps", False),
-    "scaling": (_scaling, False, "", False),
-    "checkpoint": (_checkpoint, False, "", False),
-    "failure": (_failure, False, "", False),
-    "early_stopping": (_early_stopping, False, "", False),
-    "tracking": (_tracking, False, "", False),
+# section → (builder, the dataclass whose defaults it reads, required, what it needs when missing,
+# accepts the `section: name` shorthand)
+_SECTIONS: dict[str, tuple[Callable[[Fields], Any], type, bool, str, bool]] = {
+    "data": (_data, DataSpec, True, "where the Parquet data is and which column is the label", False),
+    "model": (_model, ModelSpec, True, "at least model.kind", False),
+    "loss": (_loss, LossSpec, True, "a loss name such as mse", True),
+    "optim": (_optim, OptimSpec, False, "", False),
+    "schedule": (_schedule, ScheduleSpec, False, "", True),
+    "train": (_train, TrainSpec, True, "at least train.batch_size and train.epochs or train.max_steps", False),
+    "scaling": (_scaling, ScalingSpec, False, "", False),
+    "checkpoint": (_checkpoint, CheckpointSpec, False, "", False),
+    "failure": (_failure, FailureSpec, False, "", False),
+    "early_stopping": (_early_stopping, EarlyStoppingSpec, False, "", False),
+    "tracking": (_tracking, TrackingSpec, False, "", False),
 }
 
 
@@ -478,8 +494,9 @@ def _check_across(p: dict[str, Any], r: Report) -> None:
     if train and r.ok("train.epochs", "train.max_steps") and train.epochs is None and train.max_steps is None:
         r.add("train.epochs", "required: set train.epochs, train.max_steps or both (the first reached stops)")
     if model and loss and r.ok("model.kind", "loss.name"):
-        if model.kind == "logistic" and loss.name not in ("bce", "cross_entropy"):
-            r.add("loss.name", f"model.kind 'logistic' needs loss bce or cross_entropy, got '{loss.name}'")
+        if model.kind == "logistic" and loss.name not in CLASSIFICATION_LOSSES:
+            r.add("loss.name", f"model.kind 'logistic' needs loss {' or '.join(sorted(CLASSIFICATION_LOSSES))}, "
+                               f"got '{loss.name}'")
         if loss.name == "cross_entropy" and model.outputs == 1 and r.ok("model.outputs"):
             r.add("model.outputs", "loss cross_entropy needs one output per class (>= 2), got 1; "
                                    "use loss bce for a single output")
@@ -487,7 +504,7 @@ def _check_across(p: dict[str, Any], r: Report) -> None:
         return
     most = scaling.max_workers
     if data and r.ok("data.lanes"):
-        lanes = data.lanes if data.lanes is not None else max(MIN_LANES, most)
+        lanes = resolve_lanes(data.lanes, most)
         if most > lanes:
             r.add("data.lanes", f"{lanes} lanes cannot feed {most} workers (scaling.workers); "
                                 f"raise data.lanes to at least {most}")
@@ -505,11 +522,11 @@ def _check_across(p: dict[str, Any], r: Report) -> None:
         r.add("early_stopping.metric", f"'{stopping.metric}' needs validation data: set data.validation "
                                        "(a fraction to hold out, or a path)")
     if stopping and loss and r.ok("early_stopping.metric", "loss.name"):
-        classification = loss.name in ("cross_entropy", "bce")
+        classification = loss.name in CLASSIFICATION_LOSSES
         if (stopping.metric == "val_accuracy" and not classification) or \
                 (stopping.metric == "val_r2" and classification):
             r.add("early_stopping.metric", f"'{stopping.metric}' is not computed for loss '{loss.name}' "
-                                           "(val_accuracy for cross_entropy/bce, val_r2 otherwise)")
+                                           f"(val_accuracy for {'/'.join(CLASSIFICATION_LOSSES)}, val_r2 otherwise)")
     if failure and failure.inject and r.ok("failure.inject.rank") and failure.inject.rank >= most:
         r.add("failure.inject.rank", f"{failure.inject.rank} is not a worker rank: scaling.workers allows "
                                      f"at most {most} workers (ranks 0..{most - 1})")
@@ -517,25 +534,25 @@ def _check_across(p: dict[str, Any], r: Report) -> None:
 
 def _build(raw: Mapping, report: Report, default_name: str | None) -> JobSpec | None:
     """The JobSpec with data.lanes resolved, or None with every problem in `report`."""
-    top = Fields(raw, "", report)
+    top = Fields(raw, "", report, JobSpec)
     name = top.value("name", REQUIRED if default_name is None else default_name, _as_name,
                      why="the run's name; it becomes a directory name")
     if "name" not in raw and default_name is not None and not _RUN_NAME.fullmatch(default_name):
         top.add("name", f"required: the file name '{default_name}' cannot stand in, as a run name must start "
                         "with a letter or digit and hold only letters, digits, '.', '_' and '-'")
     parts = {}
-    for key, (build, required, why, shorthand) in _SECTIONS.items():
-        section = top.section(key, required=required, why=why, shorthand=shorthand)
+    for key, (build, schema, required, why, shorthand) in _SECTIONS.items():
+        section = top.section(key, required=required, why=why, shorthand=shorthand, schema=schema)
         parts[key] = build(section) if section is not None else None
         if section is not None:
             section.finish()
-    storage = top.str("storage", "./runs")
+    storage = top.str("storage")
     top.finish()
     _check_across(parts, report)
     if report.problems:
         return None
     spec = JobSpec(name=name, storage=storage, **parts)
-    lanes = spec.data.lanes if spec.data.lanes is not None else max(MIN_LANES, spec.scaling.max_workers)
+    lanes = resolve_lanes(spec.data.lanes, spec.scaling.max_workers)
     return dataclasses.replace(spec, data=dataclasses.replace(spec.data, lanes=lanes))
 
 

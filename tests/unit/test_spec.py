@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import pickle
 import textwrap
+import typing
 
 import pytest
 import yaml
@@ -93,6 +95,57 @@ def test_omitted_sections_take_their_dataclass_defaults():
     assert job.failure == spec.FailureSpec()
     assert job.storage == "./runs"
     assert job.data.features is None and job.data.validation is None
+
+
+def section_dataclasses(cls=spec.JobSpec, path=""):
+    """(path, dataclass) for JobSpec ("") and every section dataclass nested in it, from the type hints."""
+    yield path, cls
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        inner = [t for t in (hints[field.name], *typing.get_args(hints[field.name])) if dataclasses.is_dataclass(t)]
+        if inner:
+            yield from section_dataclasses(inner[0], f"{path}.{field.name}".lstrip("."))
+
+
+SECTIONS = dict(section_dataclasses())
+OPTIONAL_FIELDS = [(path, field) for path, cls in SECTIONS.items() for field in dataclasses.fields(cls)
+                   if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING]
+# the value of each required field in `job_without`, by section path
+REQUIRED_VALUES = {
+    "data": {"path": "data/*.parquet", "label": "y", "validation": 0.1},  # validation: for early_stopping's val_loss
+    "data.generate": {"kind": "regression"},
+    "model": {"kind": "linear"},
+    "loss": {"name": "mse"},
+    "train": {"epochs": 1, "max_steps": 10, "batch_size": 64},  # either of epochs and max_steps suffices
+    "failure.inject": {"exit_at_step": 1},
+}
+
+
+def job_without(path: str, key: str) -> dict:
+    """The smallest valid job in which the section at `path` is present and lacks `key`."""
+    raw = {"name": "job", **copy.deepcopy({k: REQUIRED_VALUES[k] for k in ("data", "model", "loss", "train")})}
+    node, walked = raw, []
+    for part in path.split(".") if path else []:
+        walked.append(part)
+        node = node.setdefault(part, copy.deepcopy(REQUIRED_VALUES.get(".".join(walked), {})))
+    node.pop(key, None)
+    if path and not node:  # an empty early_stopping means none: give it another field at its default
+        other = next(f for f in dataclasses.fields(SECTIONS[path]) if f.name != key)
+        node[other.name] = other.default
+    return raw
+
+
+@pytest.mark.parametrize("path, field", OPTIONAL_FIELDS,
+                         ids=[f"{path}.{field.name}".lstrip(".") for path, field in OPTIONAL_FIELDS])
+def test_every_dataclass_default_is_what_a_job_without_that_key_gets(path, field):
+    job = spec.from_dict(job_without(path, field.name))
+    built = job
+    for part in [*(path.split(".") if path else []), field.name]:
+        built = getattr(built, part)
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    if (path, field.name) == ("data", "lanes"):
+        default = spec.resolve_lanes(default, job.scaling.max_workers)  # None resolves as the job is built
+    assert built == default
 
 
 def test_the_run_name_defaults_to_the_job_file_stem(job_file):

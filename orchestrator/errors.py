@@ -67,6 +67,11 @@ class ReportError(OrchestratorError):
     """A run folder cannot be read back or reported on (no run there, a missing optional package)."""
 
 
+class SettingError(OrchestratorError):
+    """An environment setting (declared in `settings`) holds a value its reader cannot use; the
+    message names the variable, its value and what is allowed."""
+
+
 def first_line(error: BaseException | str, *, last: bool = False) -> str:
     """The first (or, with `last`, the last) non-empty line of `error`'s message; its type name if it has none."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]

@@ -1,7 +1,10 @@
 """Every setting read from the environment, declared once: a name, a default, a unit.
 
 Nothing else in the package calls `os.getenv`. Each setting is read when it is
-used (not at import), so a test or a Ray runtime env can change it.
+used (not at import), so a test or a Ray runtime env can change it. A value its
+reader cannot use is a `SettingError` (exit code 2) naming the variable, its
+value and what is allowed; the unit comes from the end of the name (`_S`
+seconds, `_MB` megabytes, `_THREADS` threads).
 """
 
 from __future__ import annotations
@@ -9,27 +12,46 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from orchestrator.errors import SettingError
+
+_UNITS = {"_S": "seconds", "_MB": "megabytes", "_THREADS": "threads"}  # name ending → what the number counts
+
 
 @dataclass(frozen=True)
 class Setting:
-    """One environment variable with its default; `get()` returns it typed."""
+    """One environment variable with its default; `get()` returns it as a string, `get_float()`
+    and `get_int()` as a number."""
 
     name: str
     default: str
     doc: str
 
     def get(self) -> str:
+        """The variable's value, or the default when it is not set."""
         return os.environ.get(self.name, self.default)
 
     def get_float(self) -> float:
+        """The value as a number (inf and nan included); SettingError when it is not one."""
         raw = self.get()
         try:
             return float(raw)
         except ValueError:
-            raise ValueError(f"{self.name}={raw!r} is not a number") from None
+            raise self._error(raw, "a number") from None
 
     def get_int(self) -> int:
-        return int(self.get_float())
+        """The value as a whole number: a finite number, truncated toward zero ("2.5" → 2);
+        SettingError otherwise."""
+        raw = self.get()
+        try:
+            return int(float(raw))
+        except (ValueError, OverflowError):  # not a number; nan; inf
+            raise self._error(raw, "a finite number") from None
+
+    def _error(self, raw: str, allowed: str) -> SettingError:
+        """What is wrong, in one line: the variable, its value, what is allowed (with the unit its name ends with)."""
+        unit = next((f" of {unit}" for end, unit in _UNITS.items() if self.name.endswith(end)), "")
+        return SettingError(f"environment variable {self.name}={raw!r}: expected {allowed}{unit} "
+                            f"(unset it for the default, {self.default})")
 
 
 RAY_ADDRESS = Setting(
@@ -43,9 +65,6 @@ FOOTER_READ_THREADS = Setting(
 )
 REMOTE_BLOCK_SIZE_MB = Setting(
     "ORCHESTRATOR_REMOTE_BLOCK_SIZE_MB", "8", "Read-ahead block size for Parquet files on remote filesystems."
-)
-PLACEMENT_TIMEOUT_S = Setting(
-    "ORCHESTRATOR_PLACEMENT_TIMEOUT_S", "60", "How long a worker group may wait for resources before the run fails."
 )
 CONTROLLER_POLL_INTERVAL_S = Setting(
     "ORCHESTRATOR_CONTROLLER_POLL_INTERVAL_S",

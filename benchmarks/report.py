@@ -1,19 +1,25 @@
 """RESULTS.md from the figures of one run: the machine, each figure, each target as a ratio with PASS/MISS.
 
 The targets come from issues 3 and 4. Each is a ratio of two figures measured
-in the same run. A miss says by how much; `benchmarks.diagnoses` explains why, from
-profiles taken on this machine (the reader's profile is re-taken by every run).
+in the same run. RESULTS.md holds only what the run measured: a miss says by
+how much, with the run's own figures that bear on it (the reader's shuffle-off
+ratios, its cProfile). Why a target misses is written up by hand in
+benchmarks/ANALYSIS.md under the date its evidence was measured; each miss
+names its ANALYSIS.md section and that date, and says so when the section is
+older than the run or missing.
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
 import platform
+import re
 import statistics
 from dataclasses import dataclass
 from importlib.metadata import version
 
-from benchmarks.diagnoses import DIAGNOSES, SEE_ABOVE
+ANALYSIS = pathlib.Path(__file__).with_name("ANALYSIS.md")
 
 
 def machine() -> dict:
@@ -102,10 +108,28 @@ def targets(r: dict) -> list[Target]:
     ]
 
 
-def render(r: dict) -> str:
+def render(r: dict, analysis: str | None = None) -> str:
+    """RESULTS.md for the results `r` of one run; `analysis` is ANALYSIS.md's text (read from disk when None)."""
+    if analysis is None:
+        analysis = ANALYSIS.read_text(encoding="utf-8") if ANALYSIS.exists() else ""
     parts = [_header(r), _targets_table(targets(r)), _reader(r), _e2e(r), _recovery(r), _stall(r),
-             _diagnoses(r), _retries(r)]
+             _misses(r, analysed(analysis)), _retries(r)]
     return "\n\n".join(parts) + "\n"
+
+
+def analysed(analysis: str) -> dict[str, str]:
+    """Target key → the date of the ANALYSIS.md section about it: a `### ` heading naming the key in
+    backticks, under a `## Measured YYYY-MM-DD` heading. The first (newest) section naming a key wins."""
+    dates: dict[str, str] = {}
+    measured = None
+    for line in analysis.splitlines():
+        if line.startswith("## "):
+            found = re.fullmatch(r"## Measured (\d{4}-\d{2}-\d{2})\s*", line)
+            measured = found.group(1) if found else None
+        elif line.startswith("### ") and measured:
+            for key in re.findall(r"`(\w+)`", line):
+                dates.setdefault(key, measured)
+    return dates
 
 
 def _fmt(value: float) -> str:
@@ -310,15 +334,20 @@ def _stall(r: dict) -> str:
     )
 
 
-def _diagnoses(r: dict) -> str:
+def _misses(r: dict, dates: dict[str, str]) -> str:
+    """Each missed target: the ANALYSIS.md section on it and when that was measured, and this run's own
+    figures that bear on it."""
     missed = [t for t in targets(r) if not t.passed]
     if not missed:
-        return "## Diagnosis\n\nEvery target passed."
+        return "## Misses\n\nEvery target passed."
+    run_day = r["date"][:10]
     sections = []
     for t in missed:
-        text = DIAGNOSES.get(t.key, "No diagnosis recorded.")
-        if t.key in SEE_ABOVE and SEE_ABOVE[t.key] not in {m.key for m in missed}:
-            text = DIAGNOSES[SEE_ABOVE[t.key]]  # the text it refers to is not above
+        if t.key not in dates:
+            text = f"[ANALYSIS.md](ANALYSIS.md) has no section on `{t.key}` yet."
+        else:
+            older = f", before this run ({run_day}): check that it still holds" if dates[t.key] < run_day else ""
+            text = f"Why: [ANALYSIS.md](ANALYSIS.md), `{t.key}`, measured {dates[t.key]}{older}."
         if t.key in ("reader", "reader10") and "ours_unshuffled" in r["reader"]["1x"]:
             size = "1x" if t.key == "reader" else "10x"
             row = r["reader"][size]
@@ -329,7 +358,7 @@ def _diagnoses(r: dict) -> str:
         if t.key == "reader":
             text += "\n\n" + _profile_table(r["reader"]["profile_ours_1x"])
         sections.append(f"### {t.what}: MISS, ratio {t.ratio:.3g} (goal {t.goal:g})\n\n{text}")
-    return "## Diagnosis of the misses\n\n" + "\n\n".join(sections)
+    return "## Misses\n\n" + "\n\n".join(sections)
 
 
 def _retries(r: dict) -> str:

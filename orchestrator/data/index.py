@@ -33,9 +33,16 @@ class DatasetIndex:
     row_groups: tuple[RowGroup, ...]  # in file order, then row-group order; empty ones left out
     features: tuple[str, ...]
     label: str
-    label_is_integer: bool  # integer or boolean label column
-    label_range: tuple[float, float] | None  # (min, max) from footer statistics; None unless all have them
     num_rows: int
+    # Each feature's kind and transform options, then the label's (data.columns.ColumnPlan); () = not planned.
+    columns: tuple = ()
+    # Nulls per planned column as the footer statistics count them; None where a file has no count.
+    null_counts: tuple[tuple[str, int | None], ...] = ()
+
+    @property
+    def label_nulls(self) -> int | None:
+        """Rows whose label is null, as far as the footers know."""
+        return dict(self.null_counts).get(self.label)
 
     def filesystem(self) -> pyarrow.fs.FileSystem:
         """The pyarrow filesystem in which `files` live, re-created from `url` on each call."""

@@ -24,8 +24,10 @@ A value is missing when it is null, NaN, +inf or -inf. Per kind:
   the weekday and (timestamps only) the hour, all 0 when missing. Naive timestamps are UTC.
 - vector: each dimension standardized (log1p first if asked); a missing vector or element
   → 0 after scaling, + one indicator when seen.
-- tags: each row a bag of element ids (the categorical ids), as EmbeddingBag's flat indices
-  and offsets; a null or empty list is an empty bag, a null element id 0.
+- tags: each row a bag of element ids (the categorical ids), padded with 0 to the longest
+  bag of the training rows (at most MAX_TAGS_PER_ROW; a longer row keeps its first ones), so
+  a batch is one int64 matrix for an EmbeddingBag with padding_idx 0; a null or empty list is
+  an empty bag, a null element id 0.
 Scaled outputs are clipped to ±transforms.VALUE_BOUND (`none` to float32's range), so values
 never seen in training give neither inf nor NaN. The label: classes sorted by value → 0..K-1, with
 -1 for a null or unseen class; or a standardized regression target.
@@ -50,15 +52,43 @@ import pyarrow.compute as pc
 
 from orchestrator.data.columns import ColumnPlan
 from orchestrator.data.summaries import (
-    BooleanPartial, LabelPartial, NumericPartial, VectorPartial, VocabularyPartial, merge_counts, merge_moments,
-    moments, quantiles, select_vocabulary, sketch, value_counts)
+    BooleanPartial,
+    LabelPartial,
+    NumericPartial,
+    VectorPartial,
+    VocabularyPartial,
+    merge_counts,
+    merge_moments,
+    moments,
+    quantiles,
+    select_vocabulary,
+    sketch,
+    value_counts,
+)
 from orchestrator.data.transforms import (
-    KNOTS, TINY, BooleanStats, Column, DatetimeStats, LabelStats, NumericStats, VectorStats, VocabularyStats,
-    arrow, floats, keys, matrix, seconds, signed_log1p, usable)
+    KNOTS,
+    TINY,
+    BooleanStats,
+    Column,
+    DatetimeStats,
+    LabelStats,
+    NumericStats,
+    VectorStats,
+    VocabularyStats,
+    arrow,
+    floats,
+    keys,
+    list_lengths,
+    matrix,
+    seconds,
+    signed_log1p,
+    usable,
+)
 from orchestrator.errors import DataError
 from orchestrator.job.columns import embedding_dim
 
 FORMAT_VERSION = 1  # of the JSON; from_json refuses another
+MAX_TAGS_PER_ROW = 64  # a tags column's padded width at most
 
 
 @dataclass(frozen=True)
@@ -90,15 +120,17 @@ def _numeric_partial(x: np.ndarray, log: bool) -> NumericPartial:
 
 
 def _vocabulary_partial(plan: ColumnPlan, column: Column) -> VocabularyPartial:
-    values = arrow(column)
+    values, longest = arrow(column), 1
     if plan.kind == "tags":
+        lengths = list_lengths(values)
+        longest = int(lengths.max()) if len(lengths) else 0
         values = arrow(pc.list_flatten(values))
     strings, missing = keys(values), values.null_count
     counted = ((), ()) if plan.hash_buckets else value_counts(
         strings, plan.name, f"set data.columns.{plan.name}.hash_buckets (e.g. 1048576) to hash its values "
                          "instead of keeping a vocabulary")
     return VocabularyPartial(value_type=str(values.type), count=len(strings) - missing, missing=missing,
-                             values=counted[0], counts=counted[1])
+                             values=counted[0], counts=counted[1], longest=longest)
 
 
 def _vector_partial(plan: ColumnPlan, column: Column) -> VectorPartial:
@@ -250,10 +282,11 @@ def _combine_vocabulary(plan: ColumnPlan, parts: Sequence[VocabularyPartial], pr
     values, counts = ((), ()) if plan.hash_buckets else select_vocabulary(
         merge_counts((part.values, part.counts) for part in parts), plan.min_frequency, plan.max_categories)
     cardinality = 2 + (plan.hash_buckets or len(values))
+    width = min(MAX_TAGS_PER_ROW, max(1, max(part.longest for part in parts))) if plan.kind == "tags" else 1
     return VocabularyStats(name=plan.name, kind=plan.kind, value_type=parts[0].value_type, values=values,
                            counts=counts, hash_buckets=plan.hash_buckets,
                            embedding_dim=plan.embedding_dim or embedding_dim(cardinality), count=count,
-                           missing=missing)
+                           missing=missing, width=width)
 
 
 def _combine_label(plan: ColumnPlan, parts: Sequence[LabelPartial], problems: list[str]) -> LabelStats:
@@ -313,11 +346,13 @@ def combine(plans: Sequence[ColumnPlan], partials: Sequence[Partial]) -> Preproc
 # ---- the fitted state of a table, and its transform ------------------------------------------
 
 class Embedding(NamedTuple):
-    """One categorical or tags column's embedding table."""
+    """One categorical or tags column's embedding table, and where its ids sit in Encoded.codes."""
 
     name: str
     cardinality: int  # ids, the two reserved ones (missing, rare/unseen) included
     embedding_dim: int
+    start: int  # its first column in Encoded.codes
+    width: int  # its columns there: 1 for a categorical, the padded bag for tags
 
 
 @dataclass(frozen=True)
@@ -326,9 +361,14 @@ class InputShape:
 
     numeric_width: int  # columns of Encoded.numeric
     numeric_names: tuple[str, ...]  # their names: income, income__missing, ts__month_sin, ...
-    categorical: tuple[Embedding, ...]  # Encoded.categorical's columns, in order
-    tags: tuple[Embedding, ...]  # Encoded.bags, in order
+    categorical: tuple[Embedding, ...]  # one column each of Encoded.codes, first, in column order
+    tags: tuple[Embedding, ...]  # a padded bag each of Encoded.codes, after the categoricals
     classes: int | None  # classification: how many classes; None otherwise
+
+    @property
+    def code_width(self) -> int:
+        """Columns of Encoded.codes."""
+        return len(self.categorical) + sum(t.width for t in self.tags)
 
 
 @dataclass(frozen=True, eq=False)
@@ -336,8 +376,8 @@ class Encoded:
     """One table, transformed: numpy arrays ready to become tensors."""
 
     numeric: np.ndarray  # float32 [n, numeric_width]: every numeric-ish block, in column order
-    categorical: np.ndarray  # int64 [n, categorical columns]
-    bags: tuple[tuple[np.ndarray, np.ndarray], ...]  # per tags column: int64 flat ids, int64 offsets [n]
+    # int64 [n, code_width]: each categorical's id, then each tags column's ids padded with 0
+    codes: np.ndarray
     # float32 standardized target, or int64 class ids (-1: null or unseen); None without the label column
     labels: np.ndarray | None
 
@@ -355,11 +395,15 @@ class Preprocessing:
         """The widths and embedding tables a model needs for `transform`'s output."""
         ids = [s for s in self.columns if isinstance(s, VocabularyStats)]
         names = tuple(name for s in self.columns if not isinstance(s, VocabularyStats) for name in s.names)
-        tables = {kind: tuple(Embedding(s.name, s.cardinality, s.embedding_dim) for s in ids if s.kind == kind)
-                  for kind in ("categorical", "tags")}
+        tables, start = {}, 0
+        for kind in ("categorical", "tags"):
+            tables[kind] = []
+            for s in (s for s in ids if s.kind == kind):
+                tables[kind].append(Embedding(s.name, s.cardinality, s.embedding_dim, start, s.width))
+                start += s.width
         classification = self.label is not None and self.label.task == "classification"
-        return InputShape(numeric_width=len(names), numeric_names=names, categorical=tables["categorical"],
-                          tags=tables["tags"], classes=len(self.label.classes) if classification else None)
+        return InputShape(numeric_width=len(names), numeric_names=names, categorical=tuple(tables["categorical"]),
+                          tags=tuple(tables["tags"]), classes=len(self.label.classes) if classification else None)
 
     def label_mask(self, table: pa.Table) -> np.ndarray:
         """bool per row of `table`: the label is usable (not null, NaN or inf); the rows to keep."""
@@ -396,16 +440,15 @@ def transform(pre: Preprocessing, table: pa.Table) -> Encoded:
         for stats in pre.columns:
             column = table[stats.name]
             if isinstance(stats, VocabularyStats) and stats.kind == "tags":
-                bags.append(stats.bag(column))
+                bags.append(stats.padded(column))
             elif isinstance(stats, VocabularyStats):
-                categorical.append(stats.block(column))
+                categorical.append(stats.block(column)[:, None])
             else:
                 numeric.append(stats.block(column))
     has_label = pre.label is not None and pre.label.name in table.column_names
     return Encoded(
         numeric=np.concatenate(numeric, axis=1).astype(np.float32) if numeric else np.zeros((n, 0), np.float32),
-        categorical=np.stack(categorical, axis=1) if categorical else np.zeros((n, 0), np.int64),
-        bags=tuple(bags),
+        codes=np.concatenate(categorical + bags, axis=1) if categorical or bags else np.zeros((n, 0), np.int64),
         labels=pre.label.encode(table[pre.label.name]) if has_label else None,
     )
 

@@ -1,7 +1,9 @@
-"""Reading one rank's rows: Parquet row groups → numpy → torch, with optional prefetch.
+"""Reading one rank's rows: Parquet row groups → fitted preprocessing → numpy → torch.
 
 Owns I/O and decoding for the rows `plan` assigns to a rank: it reads whole
 row groups with column projection (only the job's feature and label columns),
+turns each through the fitted preprocessing (`data.preprocess.transform`: a
+numeric block and a block of integer codes per row) once, as it is decoded,
 keeps only the row groups the current shuffle windows still need, gathers
 each lane's window once in shuffled order, and assembles blocks of
 consecutive batches with one copy per lane, so a batch is a view of a block.
@@ -28,6 +30,8 @@ from orchestrator import settings, storage
 from orchestrator.data import plan as planning
 from orchestrator.data.index import DatasetIndex
 from orchestrator.data.plan import Cursor, EpochPlan, Layout
+from orchestrator.data.preprocess import Partial, Preprocessing, fit_partial, transform
+from orchestrator.errors import DataError, first_line
 
 _OPEN_FILES = 8  # remote Parquet files kept open per reader
 _FOOTERS = 64  # parsed footers of local files kept per reader
@@ -60,10 +64,11 @@ class EndOfEpoch(Exception):
 
 @dataclass(frozen=True)
 class Batch:
-    """One rank's rows of one global batch."""
+    """One rank's rows of one global batch, as the model and the loss take them."""
 
-    features: torch.Tensor  # [rows, features] float32
-    labels: torch.Tensor  # [rows] float32 or int64
+    numeric: torch.Tensor  # [rows, numeric width] float32 (Encoded.numeric)
+    codes: torch.Tensor  # [rows, code width] int64 (Encoded.codes)
+    labels: torch.Tensor  # [rows] float32 (NaN: no label) or int64 class ids (-1: no label)
     ids: torch.Tensor  # [rows] int64 global row ids (for audits of the sample order)
 
     def __len__(self) -> int:
@@ -72,7 +77,8 @@ class Batch:
 
 @dataclass(frozen=True)
 class _Decoded:
-    features: np.ndarray  # [rows, features] float32, rows = the kept rows of the row group
+    numeric: np.ndarray  # rows = the kept rows of the row group
+    codes: np.ndarray
     labels: np.ndarray
     ids: np.ndarray
 
@@ -87,8 +93,8 @@ class RowGroupSource:
     files stay open (a few at a time) behind large read-ahead blocks.
     """
 
-    def __init__(self, index: DatasetIndex, label_dtype: str):
-        self.index = index
+    def __init__(self, index: DatasetIndex, preprocessing: Preprocessing | None, label_dtype: str = "float32"):
+        self.index, self.preprocessing = index, preprocessing
         self.columns = [*index.features, index.label]
         self.label_dtype = np.dtype(label_dtype)
         self._local = storage.is_local(index.url)
@@ -114,19 +120,26 @@ class RowGroupSource:
                 evicted.close(force=True)
         return self._files[file].read_row_group(row_group, columns=self.columns)
 
-    def read(self, position: int, rows: np.ndarray | None) -> _Decoded:
-        """Decode row group `position` of the index, keeping local rows `rows` (None: all)."""
+    def table(self, position: int, rows: np.ndarray | None) -> pa.Table:
+        """Row group `position` of the index, its job columns only, keeping local rows `rows` (None: all)."""
         rg = self.index.row_groups[position]
-        table = self._read_table(rg.file, rg.index)
-        count = rg.num_rows if rows is None else len(rows)
-        features = np.empty((count, len(self.index.features)), dtype=np.float32)
-        for j, name in enumerate(self.index.features):
-            column = table.column(name).to_numpy()
-            features[:, j] = column if rows is None else column[rows]
-        labels = table.column(self.index.label).to_numpy()
-        labels = (labels if rows is None else labels[rows]).astype(self.label_dtype, copy=False)
+        try:
+            table = self._read_table(rg.file, rg.index)
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(f"{self.index.files[rg.file]}: row group {rg.index} cannot be read "
+                            f"(columns {', '.join(self.columns)}): {first_line(error)}") from None
+        return table if rows is None else table.take(pa.array(rows))
+
+    def read(self, position: int, rows: np.ndarray | None) -> _Decoded:
+        """Decode row group `position` of the index through the preprocessing, keeping local rows `rows`."""
+        rg = self.index.row_groups[position]
+        encoded = transform(self.preprocessing, self.table(position, rows))
+        labels = encoded.labels
+        if self.label_dtype.kind == "f" and labels.dtype.kind == "i":  # bce: class ids as 0./1., NaN for none
+            labels = np.where(labels < 0, np.nan, labels).astype(np.float32)
         local = np.arange(rg.num_rows, dtype=np.int64) if rows is None else rows
-        return _Decoded(features, labels, local + rg.first_row)
+        return _Decoded(encoded.numeric, encoded.codes, labels.astype(self.label_dtype, copy=False),
+                        local + rg.first_row)
 
     def close(self) -> None:
         for handle in self._files.values():
@@ -151,6 +164,7 @@ class ShardReader:
         self,
         index: DatasetIndex,
         layout: Layout,
+        preprocessing: Preprocessing,
         *,
         world_size: int,
         rank: int,
@@ -158,7 +172,9 @@ class ShardReader:
         prefetch_batches: int = 0,
         pin_memory: bool = False,
     ):
-        self.index, self.layout = index, layout
+        self.index, self.layout, self.preprocessing = index, layout, preprocessing
+        shape = preprocessing.input_description()
+        self.widths = (shape.numeric_width, shape.code_width)
         self.pin_memory = pin_memory
         batch_size, lanes, window_rows = layout.batch_size, layout.lanes, layout.window_rows
         self.holdout_fraction = layout.holdout_fraction
@@ -205,7 +221,7 @@ class ShardReader:
         block, k = self._block, self._at
         self._at += 1
         self._cursor = Cursor(self._cursor.epoch, self._cursor.batch + 1)
-        return Batch(block.features[k], block.labels[k], block.ids[k])
+        return Batch(block.numeric[k], block.codes[k], block.labels[k], block.ids[k])
 
     def close(self) -> None:
         """Stop the prefetch thread and drop read-ahead rows; the cursor stays where it is."""
@@ -216,7 +232,7 @@ class ShardReader:
 
     def _blocks(self, epoch_plan: EpochPlan, first: int) -> Iterator[Batch]:
         """Blocks of consecutive batches from batch `first` to the epoch's end, each [batches, rows, ...]."""
-        source = RowGroupSource(self.index, self.label_dtype)
+        source = RowGroupSource(self.index, self.preprocessing, self.label_dtype)
         decoded: dict[int, _Decoded] = {}  # row groups the lanes' current and next windows draw from
         windows: dict[int, tuple[int, _Decoded]] = {}  # each owned lane's current window, shuffled
         try:
@@ -241,11 +257,12 @@ class ShardReader:
         self, epoch_plan: EpochPlan, start: int, stop: int, source: RowGroupSource, decoded: dict, windows: dict
     ) -> Batch:
         """Batches [start, stop) as one block: each owned lane's chunks, cut from its shuffled windows."""
-        count, n, width = stop - start, self.rows_per_batch, len(self.index.features)
-        features = self._empty((count, n, width), np.float32)
+        count, n = stop - start, self.rows_per_batch
+        numeric = self._empty((count, n, self.widths[0]), np.float32)
+        codes = self._empty((count, n, self.widths[1]), np.int64)
         labels = self._empty((count, n), self.label_dtype)
         ids = torch.from_numpy(np.empty((count, n), dtype=np.int64))
-        out = (features.numpy(), labels.numpy(), ids.numpy())
+        out = (numeric.numpy(), codes.numpy(), labels.numpy(), ids.numpy())
         at = 0
         for lane in self.owned:
             size = epoch_plan.lane_sizes[lane]
@@ -255,14 +272,14 @@ class ShardReader:
                 window, offset = divmod(first, self.gather_rows)
                 rows = self._window(epoch_plan, lane, window, source, decoded, windows)
                 take = min(stop_row - first, len(rows.ids) - offset)
-                pieces.append((rows.features[offset : offset + take], rows.labels[offset : offset + take],
-                               rows.ids[offset : offset + take]))
+                pieces.append(tuple(column[offset : offset + take] for column in
+                                    (rows.numeric, rows.codes, rows.labels, rows.ids)))
                 first += take
             for target, *parts in zip(out, *pieces):
                 lane_rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
                 target[:, at : at + size] = lane_rows.reshape(count, size, *lane_rows.shape[1:])
             at += size
-        return Batch(features, labels, ids)
+        return Batch(numeric, codes, labels, ids)
 
     def _empty(self, shape: tuple[int, ...], dtype) -> torch.Tensor:
         if self.pin_memory:  # page-locked, so the loop's non_blocking copies to a GPU overlap compute
@@ -293,7 +310,7 @@ class ShardReader:
             start = int(epoch_plan.starts[slot])
             part = slice(max(lo, start) - start, min(hi, start + int(epoch_plan.counts[slot])) - start)
             group = decoded[position]
-            pieces.append((group.features[part], group.labels[part], group.ids[part]))
+            pieces.append((group.numeric[part], group.codes[part], group.labels[part], group.ids[part]))
         in_order = [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in zip(*pieces)]
         if epoch_plan.window_rows > 1:
             permutation = epoch_plan.window_permutation(lane, window)
@@ -305,6 +322,7 @@ class ShardReader:
 
 def validation_batches(
     index: DatasetIndex,
+    preprocessing: Preprocessing,
     *,
     world_size: int,
     rank: int,
@@ -323,7 +341,7 @@ def validation_batches(
         for rg in index.row_groups
     ]
     start, stop = planning.validation_share(sum(counts), world_size, rank)
-    source = RowGroupSource(index, label_dtype)
+    source = RowGroupSource(index, preprocessing, label_dtype)
     try:
         seen = 0
         for position, (rg, count) in enumerate(zip(index.row_groups, counts)):
@@ -339,11 +357,25 @@ def validation_batches(
             decoded = source.read(position, rows)
             for at in range(0, len(decoded.ids), batch_rows):
                 part = slice(at, at + batch_rows)
-                yield Batch(
-                    torch.from_numpy(decoded.features[part]),
-                    torch.from_numpy(decoded.labels[part]),
-                    torch.from_numpy(decoded.ids[part]),
-                )
+                yield Batch(*(torch.from_numpy(column[part]) for column in
+                              (decoded.numeric, decoded.codes, decoded.labels, decoded.ids)))
+    finally:
+        source.close()
+
+
+def fit_partials(index: DatasetIndex, holdout_fraction: float, world_size: int,
+                 rank: int) -> list[tuple[int, Partial]]:
+    """(position, partial) of the training rows of every row group this rank fits: positions
+    rank, rank + world_size, ... The partials of all ranks, sorted by position, are the same
+    whatever the world size, so `preprocess.combine` gives the same bits at any world size."""
+    source = RowGroupSource(index, preprocessing=None)
+    try:
+        found = []
+        for position in range(rank, len(index.row_groups), world_size):
+            rg = index.row_groups[position]
+            rows = planning.train_rows(rg.first_row, rg.num_rows, holdout_fraction) if holdout_fraction else None
+            found.append((position, fit_partial(index.columns, source.table(position, rows))))
+        return found
     finally:
         source.close()
 

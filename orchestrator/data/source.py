@@ -2,9 +2,10 @@
 
 This module owns discovery (a file, a directory, a glob on any fsspec
 filesystem), reading every footer exactly once, and checking that the files
-can serve the job: same types for the needed columns, a numeric label and
-numeric features, no nulls the statistics know of, at least one row. Every
-problem found is reported in one DataError.
+can serve the job: the columns planned (`data.columns`: each column's kind
+from its Arrow type or the job's override), the same types in every file, at
+least one row; nulls counted from the footer statistics. Every problem found
+is reported in one DataError.
 
 It reads no row data and knows nothing about ranks or torch: splitting the
 row groups between ranks is `data/plan.py`, reading rows is `data/reader.py`.
@@ -16,15 +17,18 @@ from __future__ import annotations
 
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.compute
 import pyarrow.fs
 import pyarrow.parquet as pq
 
 from orchestrator import settings, storage
+from orchestrator.data.columns import plan_columns
 from orchestrator.data.index import DatasetIndex, RowGroup
 from orchestrator.errors import DataError, first_line
+from orchestrator.job.columns import ColumnSpec
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 _GLOB_CHARS = ("*", "?", "[")
@@ -32,13 +36,17 @@ _HIDDEN_PREFIXES = ("_", ".")
 _MAX_LISTED_PROBLEMS = 50
 
 
-def scan(url: str, label: str, features: Sequence[str] | None = None) -> DatasetIndex:
-    """Find the Parquet files at `url`, read their footers once and check them for this job.
+def scan(url: str, label: str, features: Sequence[str] | None = None, *, exclude: Sequence[str] = (),
+         overrides: Mapping[str, ColumnSpec] | None = None, classification: bool = False) -> DatasetIndex:
+    """Find the Parquet files at `url`, read their footers once and plan the job's columns.
 
     `url` is a file, a directory (every `*.parquet`, `*.pq`, `*.parq` below it,
     skipping names that start with `_` or `.`) or a glob. `features` None means
-    every column except the label, in the first file's schema order. Raises one
-    DataError listing every problem found.
+    every column except the label and `exclude`, in the first file's schema
+    order. Each column gets its kind (`data.columns.plan_columns`: inferred from
+    its Arrow type, or the `overrides`); the label's kind follows
+    `classification`. Nulls are data, counted from the footers' statistics.
+    Raises one DataError listing every problem found.
     """
     url = storage.absolute(url)
     files = discover(url)
@@ -51,13 +59,12 @@ def scan(url: str, label: str, features: Sequence[str] | None = None) -> Dataset
         raise _data_error(url, problems)
 
     schemas = [(path, md.schema.to_arrow_schema()) for path, md in readable]
-    if features is None:
-        features = [name for name in schemas[0][1].names if name != label]
-    features = tuple(features)
-    problems += _check_column_list(label, features)
-    types = _check_schemas(schemas, label, features, problems)
-    _check_types(types, label, features, problems)
-    _check_nulls(readable, (label, *features), problems)
+    try:
+        plans = plan_columns(schemas[0][1], label, features, exclude, overrides or {}, classification=classification)
+    except DataError as error:
+        raise DataError(f"{schemas[0][0]}: {error}") from None
+    names = tuple(plan.name for plan in plans if plan.role == "feature")
+    _check_schemas(schemas, label, names, problems)
 
     row_groups, num_rows = _row_groups(files, footers)
     if not problems and num_rows == 0:
@@ -69,11 +76,11 @@ def scan(url: str, label: str, features: Sequence[str] | None = None) -> Dataset
         url=url,
         files=tuple(files),
         row_groups=row_groups,
-        features=features,
+        features=names,
         label=label,
-        label_is_integer=_is_integer(types[label]),
-        label_range=_label_range(footers, label, row_groups),
         num_rows=num_rows,
+        columns=plans,
+        null_counts=tuple((plan.name, _null_count(readable, plan.name)) for plan in plans),
     )
 
 
@@ -127,19 +134,6 @@ def _read_footers(arrow_fs: pyarrow.fs.FileSystem, files: list[str]) -> list[pq.
         return list(pool.map(read, files))
 
 
-def _check_column_list(label: str, features: tuple[str, ...]) -> list[str]:
-    """Problems with the requested column names themselves, before looking at any file."""
-    problems = []
-    if not features:
-        problems.append(f"no feature columns: the data has no column besides the label {label!r}")
-    if label in features:
-        problems.append(f"the label column {label!r} is also listed as a feature")
-    duplicates = sorted({f for f in features if features.count(f) > 1})
-    if duplicates:
-        problems.append(f"feature columns listed more than once: {', '.join(duplicates)}")
-    return problems
-
-
 def _check_schemas(schemas, label: str, features: tuple[str, ...], problems: list[str]) -> dict[str, pa.DataType]:
     """Each needed column's type, taken from the first file that has it; mismatches go to problems."""
     types: dict[str, pa.DataType] = {}
@@ -162,40 +156,21 @@ def _check_schemas(schemas, label: str, features: tuple[str, ...], problems: lis
     return types
 
 
-def _is_integer(dtype: pa.DataType) -> bool:
-    return pa.types.is_integer(dtype) or pa.types.is_boolean(dtype)
-
-
-def _check_types(types: dict[str, pa.DataType], label: str, features: tuple[str, ...], problems: list[str]) -> None:
-    """The label and every feature must be integer, floating point or boolean."""
-    for role, name in [("label", label)] + [("feature", f) for f in dict.fromkeys(features)]:
-        dtype = types.get(name)
-        if dtype is not None and not (_is_integer(dtype) or pa.types.is_floating(dtype)):
-            problems.append(
-                f"{role} column {name!r} has Arrow type {dtype}; allowed: integer, floating point or boolean"
-            )
-
-
-def _column_indexes(md: pq.FileMetaData) -> dict[str, int]:
-    """Top-level leaf column name → its index in the row-group column chunks."""
-    return {md.schema.column(i).path: i for i in range(md.num_columns)}
-
-
-def _check_nulls(readable, columns: tuple[str, ...], problems: list[str]) -> None:
-    """Nulls in the needed columns, as far as the footer statistics know (absent stats count as none)."""
-    for path, md in readable:
-        indexes = _column_indexes(md)
-        for name in dict.fromkeys(columns):
-            j = indexes.get(name)
-            if j is None:
-                continue
-            nulls = 0
-            for i in range(md.num_row_groups):
-                stats = md.row_group(i).column(j).statistics
-                if stats is not None and stats.has_null_count:
-                    nulls += stats.null_count
-            if nulls:
-                problems.append(f"{path}: column {name!r} has {nulls} null value(s); nulls are not allowed")
+def _null_count(readable, name: str) -> int | None:
+    """Nulls in top-level column `name` by the footer statistics; None when a row group has no count
+    (always for nested columns such as lists, whose leaves count elements)."""
+    total = 0
+    for _, md in readable:
+        leaves = {md.schema.column(i).path: i for i in range(md.num_columns)}
+        j = leaves.get(name)
+        if j is None:
+            return None
+        for i in range(md.num_row_groups):
+            stats = md.row_group(i).column(j).statistics
+            if stats is None or not stats.has_null_count:
+                return None
+            total += stats.null_count
+    return total
 
 
 def _row_groups(files: list[str], footers) -> tuple[tuple[RowGroup, ...], int]:
@@ -213,24 +188,6 @@ def _row_groups(files: list[str], footers) -> tuple[tuple[RowGroup, ...], int]:
     return tuple(row_groups), next_row
 
 
-def _label_range(footers, label: str, row_groups: tuple[RowGroup, ...]) -> tuple[float, float] | None:
-    """(min, max) of the label over every row group's statistics; None if any row group lacks them."""
-    label_column = {}
-    low, high = float("inf"), float("-inf")
-    for rg in row_groups:
-        md = footers[rg.file]
-        if rg.file not in label_column:
-            label_column[rg.file] = _column_indexes(md)[label]
-        stats = md.row_group(rg.index).column(label_column[rg.file]).statistics
-        if stats is None or not stats.has_min_max:
-            return None
-        try:
-            low, high = min(low, float(stats.min)), max(high, float(stats.max))
-        except (TypeError, ValueError):
-            return None
-    return (low, high) if row_groups else None
-
-
 def _data_error(url: str, problems: list[str]) -> DataError:
     """One DataError listing every problem (the first fifty, then a count of the rest)."""
     shown = problems[:_MAX_LISTED_PROBLEMS]
@@ -238,3 +195,29 @@ def _data_error(url: str, problems: list[str]) -> DataError:
     rest = len(problems) - len(shown)
     more = f"\n  ... and {rest} more problem(s) of the same kinds" if rest else ""
     return DataError(f"The data at {url!r} cannot serve this job ({len(problems)} problem(s)):\n{lines}{more}")
+
+
+def sample_cardinalities(index: DatasetIndex) -> dict[str, tuple[int, int]]:
+    """For each categorical or tags feature: (distinct values, rows) in the dataset's first row group —
+    a lower bound on its cardinality, read for `orchestrator validate` (one row group, those columns only)."""
+    names = [p.name for p in index.columns if p.role == "feature" and p.kind in ("categorical", "tags")]
+    if not names or not index.row_groups:
+        return {}
+    first = index.row_groups[0]
+    with index.filesystem().open_input_file(index.files[first.file]) as handle:
+        table = pq.ParquetFile(handle).read_row_group(first.index, columns=names)
+    found = {}
+    for name in names:
+        column = table.column(name)
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            column = pa.compute.list_flatten(column)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        found[name] = (len(pa.compute.unique(column.drop_null())), first.num_rows)
+    return found
+
+
+def schema_names(index: DatasetIndex) -> list[str]:
+    """The column names of the dataset's first file (footer only)."""
+    with index.filesystem().open_input_file(index.files[0]) as handle:
+        return pq.ParquetFile(handle).schema_arrow.names

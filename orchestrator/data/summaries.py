@@ -68,6 +68,7 @@ class VocabularyPartial:
     missing: int  # null values or elements
     values: tuple[str, ...]  # () with hash_buckets
     counts: tuple[int, ...]
+    longest: int = 1  # tags: the most elements in one row; categorical: 1
 
 
 @dataclass(frozen=True)

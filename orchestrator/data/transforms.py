@@ -272,6 +272,7 @@ class VocabularyStats:
     embedding_dim: int  # the override, else job.columns.embedding_dim(cardinality)
     count: int  # non-null training values (tags: elements)
     missing: int
+    width: int = 1  # tags: ids per row in `padded`; categorical: 1
 
     @property
     def cardinality(self) -> int:
@@ -302,6 +303,17 @@ class VocabularyStats:
         array = arrow(column)
         offsets = np.concatenate([[0], np.cumsum(list_lengths(array))])[:-1].astype(np.int64)
         return self.ids(keys(pc.list_flatten(array))), offsets
+
+    def padded(self, column: Column) -> np.ndarray:
+        """int64 [n, width]: each row's element ids, then 0s (rows longer than `width` keep their first ones)."""
+        ids, offsets = self.bag(column)
+        lengths = np.diff(np.r_[offsets, len(ids)])
+        rows = np.repeat(np.arange(len(offsets)), lengths)
+        slots = np.arange(len(ids)) - np.repeat(offsets, lengths)
+        out = np.zeros((len(offsets), self.width), np.int64)
+        keep = slots < self.width
+        out[rows[keep], slots[keep]] = ids[keep]
+        return out
 
     def original(self) -> tuple:
         """`values` in their column's Python type (int, bool or str)."""

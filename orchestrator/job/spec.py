@@ -31,6 +31,7 @@ from typing import Any, Callable
 import yaml
 
 from orchestrator.errors import SpecError
+from orchestrator.job.columns import ColumnSpec, read_columns
 from orchestrator.job.fields import (
     REQUIRED,
     Bad,
@@ -51,7 +52,7 @@ __all__ = [
     "resolve_lanes", "CLASSIFICATION_LOSSES", "EARLY_STOPPING_METRICS", "MAXIMIZED_METRICS",
 ]
 
-BUILTIN_MODELS = ("linear", "logistic", "mlp")
+BUILTIN_MODELS = ("linear", "logistic", "mlp", "tabm")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "sigmoid")
 LOSSES = ("mse", "l1", "huber", "cross_entropy", "bce")
 CLASSIFICATION_LOSSES = ("cross_entropy", "bce")  # the losses whose labels are classes
@@ -60,8 +61,12 @@ SCHEDULES = ("constant", "cosine", "step", "linear")
 PRECISIONS = ("fp32", "bf16")
 MIN_LANES = 8  # data.lanes resolves to max(MIN_LANES, scaling max workers): see resolve_lanes
 # early_stopping.metric names, and those of them where larger is better (mode: max by default)
-EARLY_STOPPING_METRICS = ("val_loss", "val_accuracy", "val_r2", "train_loss")
-MAXIMIZED_METRICS = ("val_accuracy", "val_r2")
+# The validation metrics of each task (train.metrics computes them), and which are better larger.
+CLASSIFICATION_METRICS = ("val_accuracy", "val_log_loss", "val_auc", "val_f1")
+REGRESSION_METRICS = ("val_rmse", "val_mae", "val_r2")
+EARLY_STOPPING_METRICS = ("val_loss", *CLASSIFICATION_METRICS, *REGRESSION_METRICS, "train_loss")
+MAXIMIZED_METRICS = ("val_accuracy", "val_auc", "val_f1", "val_r2")
+NULL_LABELS = ("drop", "error")  # data.null_labels: what rows whose label is null do
 _BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # "module.path:function"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # safe as a directory name
 _SHORTHAND_SECTIONS = ("loss", "schedule")  # `loss: mse` means `loss: {name: mse}`
@@ -96,6 +101,10 @@ class DataSpec:
     # Batches a background thread reads ahead of the step; None = automatic (reader.default_prefetch).
     prefetch_batches: int | None = None
     generate: GenerateSpec | None = None  # demo data written on the first run
+    exclude: tuple[str, ...] = ()  # columns left out when `features` is omitted
+    # Per-column overrides of the inferred kind and its transform (job.columns.ColumnSpec).
+    columns: dict[str, ColumnSpec] = field(default_factory=dict)
+    null_labels: str = "drop"  # drop: rows whose label is null are skipped and counted | error: refuse them
 
 
 @dataclass(frozen=True)
@@ -293,7 +302,13 @@ def _data(f: Fields) -> DataSpec:
         shuffle_window_rows=f.int("shuffle_window_rows", min=1),
         prefetch_batches=f.int("prefetch_batches", min=0),
         generate=_generate(f.section("generate", empty_when_absent=False, schema=GenerateSpec)),
+        exclude=f.str_list("exclude"),
+        columns=read_columns(f),
+        null_labels=f.choice("null_labels", allowed=NULL_LABELS, noun="null-label policy"),
     )
+    if spec.features and spec.exclude:
+        f.add("exclude", "applies only when data.features is omitted (it leaves columns out of 'every column "
+                         "but the label'); drop it, or drop those columns from data.features")
     if spec.features == ():
         f.add("features", "must name at least one column (omit it to use every column except the label)")
     elif spec.features and spec.label in spec.features:
@@ -305,7 +320,7 @@ def _generate(f: Fields | None) -> GenerateSpec | None:
     if f is None:
         return None
     spec = GenerateSpec(
-        kind=f.choice("kind", allowed=("regression", "classification"), noun="synthetic dataset"),
+        kind=f.choice("kind", allowed=("regression", "classification", "mixed"), noun="synthetic dataset"),
         rows=f.int("rows", min=1),
         features=f.int("features", min=1),
         classes=f.int("classes", min=2),
@@ -523,10 +538,11 @@ def _check_across(p: dict[str, Any], r: Report) -> None:
                                        "(a fraction to hold out, or a path)")
     if stopping and loss and r.ok("early_stopping.metric", "loss.name"):
         classification = loss.name in CLASSIFICATION_LOSSES
-        if (stopping.metric == "val_accuracy" and not classification) or \
-                (stopping.metric == "val_r2" and classification):
+        other_task = REGRESSION_METRICS if classification else CLASSIFICATION_METRICS
+        if stopping.metric in other_task:
+            mine = CLASSIFICATION_METRICS if classification else REGRESSION_METRICS
             r.add("early_stopping.metric", f"'{stopping.metric}' is not computed for loss '{loss.name}' "
-                                           f"(val_accuracy for {'/'.join(CLASSIFICATION_LOSSES)}, val_r2 otherwise)")
+                                           f"(this task reports val_loss, {', '.join(mine)})")
     if failure and failure.inject and r.ok("failure.inject.rank") and failure.inject.rank >= most:
         r.add("failure.inject.rank", f"{failure.inject.rank} is not a worker rank: scaling.workers allows "
                                      f"at most {most} workers (ranks 0..{most - 1})")

@@ -10,9 +10,20 @@ import sys
 import pyarrow as pa
 import pytest
 
-from orchestrator.data.columns import ColumnPlan, describe_plan, infer_kind, plan_columns
+from orchestrator.data.columns import (
+    ColumnPlan,
+    describe_plan,
+    infer_kind,
+    plan_columns,
+)
 from orchestrator.errors import DataError
-from orchestrator.job.columns import KINDS, TRANSFORMS, ColumnSpec, embedding_dim, read_columns
+from orchestrator.job.columns import (
+    KINDS,
+    TRANSFORMS,
+    ColumnSpec,
+    embedding_dim,
+    read_columns,
+)
 from orchestrator.job.fields import Fields, Report
 
 

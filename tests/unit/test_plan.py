@@ -23,8 +23,6 @@ def make_index(row_group_sizes: list[list[int]]) -> DatasetIndex:
         row_groups=tuple(groups),
         features=("x",),
         label="y",
-        label_is_integer=False,
-        label_range=None,
         num_rows=first,
     )
 

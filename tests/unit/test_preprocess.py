@@ -17,7 +17,13 @@ import pytest
 
 from orchestrator.data import summaries
 from orchestrator.data.columns import plan_columns
-from orchestrator.data.preprocess import Partial, Preprocessing, combine, fit_partial, transform
+from orchestrator.data.preprocess import (
+    Partial,
+    Preprocessing,
+    combine,
+    fit_partial,
+    transform,
+)
 from orchestrator.data.summaries import stable_hash
 from orchestrator.data.transforms import KNOTS, VALUE_BOUND
 from orchestrator.errors import DataError
@@ -134,7 +140,7 @@ def test_categorical_ids_are_zero_for_missing_one_for_unseen_then_the_vocabulary
     stats = pre.columns[0]
     assert (stats.values, stats.counts, stats.missing) == (("b", "a", "c"), (3, 2, 1), 1)
     out = transform(pre, pa.table({"s": ["a", "zzz", None, "c", "b"]}))
-    assert out.categorical.dtype == np.int64 and out.categorical[:, 0].tolist() == [3, 1, 0, 4, 2]
+    assert out.codes.dtype == np.int64 and out.codes[:, 0].tolist() == [3, 1, 0, 4, 2]
 
 
 def test_vocabulary_ties_break_by_value_and_min_frequency_and_max_categories_apply():
@@ -149,21 +155,21 @@ def test_a_dictionary_column_reads_like_its_strings():
     plain = pa.array(["a", "b", None, "a"])
     _, pre = fit(with_label({"s": plain.dictionary_encode()}))
     assert pre.columns[0].values == ("a", "b")
-    assert transform(pre, pa.table({"s": plain.dictionary_encode()})).categorical[:, 0].tolist() == [2, 3, 0, 2]
+    assert transform(pre, pa.table({"s": plain.dictionary_encode()})).codes[:, 0].tolist() == [2, 3, 0, 2]
 
 
 def test_an_integer_column_made_categorical_keeps_its_values_type():
     _, pre = fit(with_label({"code": pa.array([10, 20, 10, 30], pa.int32())}),
                  {"code": ColumnSpec(kind="categorical")})
     assert pre.columns[0].values == ("10", "20", "30") and pre.columns[0].original() == (10, 20, 30)
-    assert transform(pre, pa.table({"code": pa.array([20, 99], pa.int32())})).categorical[:, 0].tolist() == [3, 1]
+    assert transform(pre, pa.table({"code": pa.array([20, 99], pa.int32())})).codes[:, 0].tolist() == [3, 1]
 
 
 def test_hash_buckets_give_a_stable_bucket_and_zero_for_missing():
     _, pre = fit(with_label({"zip": pa.array(["hello", "zip-75011", None])}),
                  {"zip": ColumnSpec(kind="categorical", hash_buckets=1000)})
     assert pre.columns[0].values == () and pre.columns[0].cardinality == 1002
-    ids = transform(pre, pa.table({"zip": ["hello", "zip-75011", None, ""]})).categorical[:, 0]
+    ids = transform(pre, pa.table({"zip": ["hello", "zip-75011", None, ""]})).codes[:, 0]
     assert ids.tolist() == [2 + 976, 2 + 784, 0, 2 + 535]
 
 
@@ -182,13 +188,14 @@ def test_a_row_group_with_too_many_distinct_values_asks_for_hash_buckets(monkeyp
         fit(with_label({"user": pa.array(["a", "b", "c", "d", "e"])}))
 
 
-def test_tags_become_embedding_bag_indices_and_offsets():
+def test_tags_become_bags_of_ids_padded_to_the_longest_training_row():
     tags = pa.array([["a", "b"], [], None, ["b", None], ["b"]])
     _, pre = fit(with_label({"t": tags}))
-    assert pre.columns[0].values == ("b", "a")
-    (indices, offsets), = transform(pre, pa.table({"t": pa.array([["a", "zz"], None, [], ["b", None]])})).bags
-    assert indices.dtype == offsets.dtype == np.int64
-    assert indices.tolist() == [3, 1, 2, 0] and offsets.tolist() == [0, 2, 2, 2]
+    assert pre.columns[0].values == ("b", "a") and pre.columns[0].width == 2
+    codes = transform(pre, pa.table({"t": pa.array([["a", "zz"], None, [], ["b", None], ["a", "b", "a"]])})).codes
+    assert codes.dtype == np.int64
+    # unseen 'zz' → 1; null and empty lists → empty bags (all padding); a null element → 0; longer rows cut
+    assert codes.tolist() == [[3, 1], [0, 0], [0, 0], [2, 0], [3, 2]]
 
 
 # ---- datetime and vector ------------------------------------------------------------------------
@@ -366,10 +373,10 @@ def test_the_input_description_names_every_block_and_sizes_every_embedding():
     _, pre = fit(table, {"h": ColumnSpec(kind="categorical", hash_buckets=64, embedding_dim=7)})
     shape = pre.input_description()
     assert (shape.numeric_width, shape.numeric_names, shape.classes) == (1, ("x",), None)
-    assert shape.categorical == (("s", 4, embedding_dim(4)), ("h", 66, 7))
-    assert shape.tags == (("t", 5, embedding_dim(5)),)
+    assert shape.categorical == (("s", 4, embedding_dim(4), 0, 1), ("h", 66, 7, 1, 1))
+    assert shape.tags == (("t", 5, embedding_dim(5), 2, 2),) and shape.code_width == 4
     out = transform(pre, table)
-    assert out.numeric.dtype == np.float32 and out.numeric.shape == (4, 1) and out.categorical.shape == (4, 2)
+    assert out.numeric.dtype == np.float32 and out.numeric.shape == (4, 1) and out.codes.shape == (4, 2 + 2)
 
 
 def test_the_fitted_state_round_trips_through_json_unchanged():

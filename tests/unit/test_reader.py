@@ -9,12 +9,22 @@ import pytest
 import torch
 
 from orchestrator.data import plan, source
+from orchestrator.data.preprocess import combine
 from orchestrator.data.reader import (
     EndOfEpoch,
     ShardReader,
     default_prefetch,
+    fit_partials,
     validation_batches,
 )
+from orchestrator.job.columns import ColumnSpec
+
+RAW = {"a": ColumnSpec(transform="none"), "b": ColumnSpec(transform="none"), "x": ColumnSpec(transform="none")}
+
+
+def fitted(index, holdout=0.0):
+    """The preprocessing of `index` fitted on one rank; features kept raw (transform: none) so values show ids."""
+    return combine(index.columns, [partial for _, partial in fit_partials(index, holdout, 1, 0)])
 
 BATCH, LANES = 128, 8
 
@@ -29,13 +39,13 @@ def index(tmp_path_factory):
         table = pa.table({"a": ids.astype(np.float64), "b": (ids * 2).astype(np.int32), "y": ids * 3.0, "junk": ["s"] * rows})
         pq.write_table(table, root / f"part-{i}.parquet", row_group_size=group)
         first += rows
-    return source.scan(str(root), label="y", features=["a", "b"])
+    return source.scan(str(root), label="y", features=["a", "b"], overrides={k: RAW[k] for k in "ab"})
 
 
 def read_epoch(index, world, rank, cursor=plan.Cursor(), prefetch=2, holdout=0.0):
     reader = ShardReader(
         index, plan.Layout(seed=5, batch_size=BATCH, lanes=LANES, window_rows=500, holdout_fraction=holdout),
-        world_size=world, rank=rank, prefetch_batches=prefetch,
+        fitted(index, holdout), world_size=world, rank=rank, prefetch_batches=prefetch,
     )
     reader.restore(cursor)
     batches = []
@@ -48,12 +58,14 @@ def read_epoch(index, world, rank, cursor=plan.Cursor(), prefetch=2, holdout=0.0
 
 def test_each_batch_holds_the_rows_its_ids_name_with_projected_columns(index):
     batches, _ = read_epoch(index, world=2, rank=1)
+    pre = fitted(index)
     for batch in batches:
         ids = batch.ids.numpy().astype(np.float64)
-        assert batch.features.dtype == torch.float32 and batch.features.shape[1] == 2
-        assert np.array_equal(batch.features[:, 0].numpy(), ids.astype(np.float32))
-        assert np.array_equal(batch.features[:, 1].numpy(), (ids * 2).astype(np.float32))
-        assert np.array_equal(batch.labels.numpy(), (ids * 3).astype(np.float32))
+        assert batch.numeric.dtype == torch.float32 and batch.numeric.shape[1] == 2 and batch.codes.shape[1] == 0
+        assert np.array_equal(batch.numeric[:, 0].numpy(), ids.astype(np.float32))
+        assert np.array_equal(batch.numeric[:, 1].numpy(), (ids * 2).astype(np.float32))
+        # the regression target is standardized for training
+        np.testing.assert_allclose(pre.destandardize(batch.labels.numpy()), ids * 3, rtol=1e-6)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -82,7 +94,8 @@ def test_batches_follow_the_plan_row_for_row(index, world, batch, holdout, windo
 
     for rank in range(world):
         reader = ShardReader(index, plan.Layout(seed=5, batch_size=batch, lanes=LANES, window_rows=window,
-                                                  holdout_fraction=holdout), world_size=world, rank=rank)
+                                                  holdout_fraction=holdout), fitted(index, holdout),
+                             world_size=world, rank=rank)
         for b in range(epoch_plan.batches):
             expected = [
                 global_id(int(p), int(o))
@@ -104,7 +117,7 @@ def test_prefetch_is_automatic_only_where_reading_waits_on_something_else():
 def test_prefetch_does_not_change_what_is_read(index):
     eager, _ = read_epoch(index, world=2, rank=0, prefetch=0)
     ahead, _ = read_epoch(index, world=2, rank=0, prefetch=4)
-    assert all(torch.equal(a.ids, b.ids) and torch.equal(a.features, b.features) for a, b in zip(eager, ahead))
+    assert all(torch.equal(a.ids, b.ids) and torch.equal(a.numeric, b.numeric) for a, b in zip(eager, ahead))
 
 
 def test_restoring_a_mid_epoch_cursor_continues_at_exactly_the_next_batch(index):
@@ -128,7 +141,7 @@ def test_validation_batches_cover_the_held_out_rows_once_across_ranks(index):
     }
     seen = []
     for rank in range(3):
-        for batch in validation_batches(index, world_size=3, rank=rank, batch_rows=64, holdout_fraction=0.1):
+        for batch in validation_batches(index, fitted(index, 0.1), world_size=3, rank=rank, batch_rows=64, holdout_fraction=0.1):
             assert len(batch) <= 64
             seen += batch.ids.tolist()
     assert len(seen) == len(set(seen)) and set(seen) == expected
@@ -138,7 +151,7 @@ def test_a_separate_validation_dataset_is_read_whole(index):
     seen = [
         i
         for rank in range(2)
-        for batch in validation_batches(index, world_size=2, rank=rank, batch_rows=1000, holdout_fraction=None)
+        for batch in validation_batches(index, fitted(index), world_size=2, rank=rank, batch_rows=1000, holdout_fraction=None)
         for i in batch.ids.tolist()
     ]
     assert sorted(seen) == list(range(index.num_rows))
@@ -150,8 +163,22 @@ def test_a_remote_fsspec_dataset_is_read_through_read_ahead_blocks():
     fs = fsspec.filesystem("memory")
     with fs.open("/reader-remote/a.parquet", "wb") as f:
         pq.write_table(pa.table({"x": np.arange(3000, dtype=np.float32), "y": np.arange(3000.0)}), f, row_group_size=700)
-    remote = source.scan("memory://reader-remote/", "y")
+    remote = source.scan("memory://reader-remote/", "y", overrides={"x": RAW["x"]})
     batches, _ = read_epoch(remote, world=2, rank=1)
     for batch in batches:
-        assert np.array_equal(batch.features[:, 0].numpy(), batch.ids.numpy().astype(np.float32))
+        assert np.array_equal(batch.numeric[:, 0].numpy(), batch.ids.numpy().astype(np.float32))
     fs.rm("/reader-remote", recursive=True)
+
+
+def test_the_fitted_preprocessing_is_bit_identical_for_1_2_and_4_workers_on_uneven_files(tmp_path):
+    from orchestrator.data import synthetic
+    from orchestrator.job.spec import GenerateSpec
+
+    synthetic.write(GenerateSpec(kind="mixed", rows=3000, files=3, seed=2), str(tmp_path))
+    index = source.scan(str(tmp_path), "churned", exclude=["user_id"], classification=True)
+    fitted = set()
+    for world in (1, 2, 4):
+        partials = [item for rank in range(world) for item in fit_partials(index, 0.2, world, rank)]
+        assert sorted(position for position, _ in partials) == list(range(len(index.row_groups)))
+        fitted.add(combine(index.columns, [p for _, p in sorted(partials, key=lambda item: item[0])]).to_json())
+    assert len(fitted) == 1

@@ -14,6 +14,7 @@ import yaml
 
 from orchestrator.errors import SpecError
 from orchestrator.job import spec
+from orchestrator.job.columns import ColumnSpec
 
 QUICKSTART = """\
 name: quickstart
@@ -102,6 +103,8 @@ def section_dataclasses(cls=spec.JobSpec, path=""):
     yield path, cls
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
+        if typing.get_origin(hints[field.name]) is dict:
+            continue  # a mapping of entries (data.columns), not a section: test_column_defaults covers it
         inner = [t for t in (hints[field.name], *typing.get_args(hints[field.name])) if dataclasses.is_dataclass(t)]
         if inner:
             yield from section_dataclasses(inner[0], f"{path}.{field.name}".lstrip("."))
@@ -146,6 +149,14 @@ def test_every_dataclass_default_is_what_a_job_without_that_key_gets(path, field
     if (path, field.name) == ("data", "lanes"):
         default = spec.resolve_lanes(default, job.scaling.max_workers)  # None resolves as the job is built
     assert built == default
+
+
+def test_column_defaults_are_what_a_column_override_without_those_keys_gets():
+    raw = job_without("data", "columns")
+    raw["data"]["columns"] = {"zip": "categorical", "city": {"kind": "categorical", "hash_buckets": 64}}
+    columns = spec.from_dict(raw).data.columns
+    assert columns["zip"] == ColumnSpec(kind="categorical")
+    assert columns["city"] == dataclasses.replace(ColumnSpec(kind="categorical"), hash_buckets=64)
 
 
 def test_the_run_name_defaults_to_the_job_file_stem(job_file):

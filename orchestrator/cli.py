@@ -229,14 +229,35 @@ def _load(args: argparse.Namespace) -> spec.JobSpec:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from orchestrator.data import columns, source
     from orchestrator.driver import launch
 
-    prepared = launch.prepare(_load(args))
+    asked = _load(args)
+    prepared = launch.prepare(asked)
     index, job = prepared.index, prepared.job
     print(f"job {job.name}: OK")
     print(f"  data        {len(index.files)} file(s), {len(index.row_groups)} row group(s), {index.num_rows:,} rows")
-    print(f"  features    {len(index.features)}: {', '.join(index.features[:8])}{' …' if len(index.features) > 8 else ''}")
-    print(f"  label       {index.label} → {prepared.outputs} output(s), loss {job.loss.name}")
+    nulls = dict(index.null_counts)
+    seen = source.sample_cardinalities(index)
+    print("  columns")
+    for plan, line in zip(index.columns, columns.describe_plan(index.columns)):
+        count = nulls.get(plan.name)
+        notes = [f"{'?' if count is None else f'{count:,}'} null"]
+        if plan.name in seen:
+            distinct, rows = seen[plan.name]
+            notes.append(f">= {distinct:,} distinct in its first {rows:,} rows")
+            if not plan.hash_buckets and distinct > plan.max_categories:
+                notes.append(f"more than max_categories {plan.max_categories:,}: the rarest are pooled as 'rare'; "
+                             f"set data.columns.{plan.name}.hash_buckets to keep them apart")
+        print(f"    {line}  [{'; '.join(notes)}]")
+    schema = source.schema_names(index)
+    left_out = [name for name in schema if name not in index.features and name != index.label]
+    for name in left_out:
+        why = "data.exclude" if name in asked.data.exclude else "not in data.features"
+        print(f"    {name}  excluded ({why})")
+    if index.label_nulls:
+        print(f"  label       {index.label_nulls:,} row(s) without a label: "
+              f"{'skipped in training and counted' if job.data.null_labels == 'drop' else 'refused'}")
     print(
         f"  per epoch   {prepared.batches_per_epoch} global batches of {job.train.batch_size}, "
         f"{prepared.dropped_rows} rows dropped"

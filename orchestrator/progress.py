@@ -23,7 +23,7 @@ class ProgressPrinter:
     def __init__(self, job: JobSpec, verbose: bool = False, out: TextIO = sys.stdout):
         self.job, self.verbose, self.out = job, verbose, out
         self.tty = out.isatty()
-        self.starts = 0
+        self.starts, self.null_labels = 0, 0
         self.cause: str | None = None
         self.bar_shown = False
         self.last_plain = 0.0
@@ -53,6 +53,9 @@ class ProgressPrinter:
 
     def _on_start(self, r: dict) -> None:
         self.starts += 1
+        self.null_labels = r.get("null_labels") or 0
+        if r.get("preprocessing_fit_s") is not None:
+            self._line(f"preprocessing fitted on the training rows in {duration(r['preprocessing_fit_s'])}")
         if self.starts == 1:
             return
         resumed = r["resumed_step"]
@@ -65,8 +68,9 @@ class ProgressPrinter:
         total = f"/{self.job.train.epochs}" if self.job.train.epochs else ""
         partial = "" if r["complete"] else " (partial)"
         metrics = format_metrics("train", r["train"]) + format_metrics("val", r["validation"])
+        skipped = f"  ({self.null_labels:,} rows without a label skipped)" if self.null_labels else ""
         self._line(f"epoch {r['epoch'] + 1}{total}{partial}  step {r['step']}  {metrics}"
-                   f"{r['samples_per_s']:,.0f} samples/s")
+                   f"{r['samples_per_s']:,.0f} samples/s{skipped}")
 
     def _on_stopped_early(self, r: dict) -> None:
         spec = self.job.early_stopping

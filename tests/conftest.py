@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
 import pytest
 
 from orchestrator.data import synthetic
@@ -28,6 +29,21 @@ def regression_job(data_dir: str, storage: str, **sections) -> dict:
     }
     job.update(sections)
     return job
+
+
+def learned_linear(run_dir: pathlib.Path) -> tuple[np.ndarray, float]:
+    """(w, b) of a linear run's model.pt in the data's own units: the model maps standardized features
+    to the standardized label, so both standardizations (preprocessing.json) are undone."""
+    import torch
+
+    from orchestrator.data.preprocess import Preprocessing
+
+    weights = torch.load(run_dir / "model.pt", weights_only=True)
+    pre = Preprocessing.from_json((run_dir / "preprocessing.json").read_text())
+    means, stds = np.array([c.mean for c in pre.columns]), np.array([c.std for c in pre.columns])
+    w_std, b_std = weights["body.weight"].double().numpy().ravel(), weights["body.bias"].item()
+    w = pre.label.std * w_std / stds
+    return w, pre.label.mean + pre.label.std * (b_std - float(np.sum(w_std * means / stds)))
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from orchestrator.data import plan, source
 from orchestrator.data.index import DatasetIndex
 from orchestrator.driver import runfolder
 from orchestrator.errors import (
+    CheckpointError,
     DataError,
     LaunchError,
     OrchestratorError,
@@ -33,7 +34,7 @@ from orchestrator.errors import (
     TrainingError,
     first_line,
 )
-from orchestrator.job.spec import JobSpec
+from orchestrator.job.spec import CLASSIFICATION_LOSSES, JobSpec
 from orchestrator.track.board import RunBoard
 from orchestrator.track.metadata import run_metadata
 from orchestrator.track.records import Kind
@@ -50,7 +51,6 @@ class PreparedJob:
     validation_index: DatasetIndex | None
     batches_per_epoch: int
     dropped_rows: int
-    outputs: int
 
     @property
     def run_url(self) -> str:
@@ -72,15 +72,20 @@ def prepare(job: JobSpec) -> PreparedJob:
     )
     if job.data.generate is not None:
         _generate_if_missing(job.data.path, job.data.generate)
-    index = source.scan(job.data.path, job.data.label, job.data.features)
+    classification = job.loss.name in CLASSIFICATION_LOSSES
+    index = source.scan(job.data.path, job.data.label, job.data.features, exclude=job.data.exclude,
+                        overrides=job.data.columns, classification=classification)
+    if job.data.null_labels == "error" and index.label_nulls:
+        raise DataError(f"{job.data.path}: {index.label_nulls} row(s) have no {job.data.label!r} label "
+                        "(data.null_labels: error); fill them in, or set data.null_labels: drop to skip them")
     # The resolved job names its features, so checkpoints and run.json say what the model reads.
-    job = dataclasses.replace(job, data=dataclasses.replace(job.data, features=index.features))
+    job = dataclasses.replace(job, data=dataclasses.replace(job.data, features=index.features, exclude=()))
     validation_index = None
     if isinstance(validation, str):
-        validation_index = source.scan(validation, job.data.label, index.features)
+        validation_index = source.scan(validation, job.data.label, index.features, overrides=job.data.columns,
+                                       classification=classification)
     first_epoch = plan.Layout.for_job(job).plan(index, epoch=0)
-    outputs = _output_size(job, index)
-    return PreparedJob(job, index, validation_index, first_epoch.batches, first_epoch.dropped, outputs)
+    return PreparedJob(job, index, validation_index, first_epoch.batches, first_epoch.dropped)
 
 
 def _generate_if_missing(path: str, generate) -> None:
@@ -99,25 +104,6 @@ def _generate_if_missing(path: str, generate) -> None:
     elif path.endswith(source.PARQUET_SUFFIXES):
         directory = path.rsplit("/", 1)[0]
     synthetic.write(generate, directory.rstrip("/"))
-
-
-def _output_size(job: JobSpec, index: DatasetIndex) -> int:
-    """How many outputs the model needs: explicit, or inferred from the loss and the label's range."""
-    if job.model.outputs is not None:
-        return job.model.outputs
-    if job.loss.name != "cross_entropy":
-        return 1
-    if index.label_range is None:
-        raise SpecError(
-            "model.outputs: required for cross_entropy when the label column has no min/max "
-            "statistics in its Parquet footers (set it to the number of classes)"
-        )
-    low, high = index.label_range
-    if low < 0 or high != int(high):
-        raise SpecError(
-            f"data.label: cross_entropy needs class ids 0..K-1, but '{index.label}' ranges over [{low:g}, {high:g}]"
-        )
-    return int(high) + 1
 
 
 def run(
@@ -216,9 +202,10 @@ def _fit(prepared: PreparedJob, board, on_record, audit_samples: bool) -> tuple[
             on_record(record)
         if not thread.is_alive():
             break
-    fatal = [r["message"] for r in records if r["kind"] == Kind.FATAL]
+    fatal = [r for r in records if r["kind"] == Kind.FATAL]
     if fatal:
-        return records, TrainingError(fatal[0])
+        classes = {c.__name__: c for c in (DataError, SpecError, CheckpointError)}
+        return records, classes.get(fatal[0].get("error_class"), TrainingError)(fatal[0]["message"])
     if "error" in outcome:
         return records, _explain_failure(outcome["error"], prepared.job)
     digests = {r["weights_sha256"] for r in records if r["kind"] == Kind.FINAL}
@@ -245,7 +232,6 @@ def _trainer(prepared: PreparedJob, board, audit_samples: bool):
             "job": job.to_dict(),
             "index": prepared.index,
             "validation_index": prepared.validation_index,
-            "outputs": prepared.outputs,
             "audit_samples": audit_samples,
             "board": board,
         },

@@ -11,6 +11,7 @@ run.json's content to `track.summary` and `track.metadata`.
     metrics.parquet   the metric history (track.history.HISTORY_SCHEMA)
     summary.json      track.summary.RunSummary
     run.json          job, versions, world sizes, restarts (track.metadata.run_metadata)
+    preprocessing.json  the preprocessing fitted on the training rows (written before the first step)
     step-NNNNNNNN/    checkpoints;  best-NNNNNNNN/  the best one, with early stopping
 """
 

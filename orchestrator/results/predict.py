@@ -1,22 +1,24 @@
 """Using a trained run: batch predictions over Parquet, and metrics on held-out data.
 
 Owns loading a run's model for inference (weights from `model.pt` or a named
-checkpoint, the architecture from the resolved job the run stored), reading
-new Parquet with column projection, and writing predictions as Parquet.
-Runs in the calling process on the CPU; no Ray.
+checkpoint, the architecture from the resolved job the run stored, the
+preprocessing fitted when it trained), reading raw Parquet with column
+projection, applying that preprocessing unchanged (unseen categories, nulls
+and NaN are data, as in training), and writing predictions as Parquet. Runs
+in the calling process on the CPU; no Ray.
 
 Prediction columns, one row per input row in input order (files in sorted
 path order, rows in file order — the row ids used everywhere else):
 
     row                  int64, the row's position in the input
-    prediction           regression: the model's output (prediction_<k> for k > 1 outputs);
-                         bce: the class, 1 when the logit is > 0 else 0;
-                         cross_entropy: the class with the highest logit
-    probability          bce: sigmoid(logit)
-    probability_<k>      cross_entropy: softmax over the classes
+    prediction           regression: the model's output in the label's units
+                         (prediction_<k> for k > 1 outputs); classification:
+                         the most probable class, as the label's own value
+    probability_<class>  classification: each class's probability, named
+                         after the class value ("probability_yes")
 
-The features are the job's `data.features`, or when the job left them out,
-every column of the new data except the label (as training resolved them).
+The features are the columns the run was trained on (its resolved
+`data.features`); the new data must have them, the label is not needed.
 """
 
 from __future__ import annotations
@@ -33,48 +35,43 @@ from torch import nn
 
 from orchestrator import storage
 from orchestrator.data import source
+from orchestrator.data.preprocess import Preprocessing, transform
 from orchestrator.data.reader import validation_batches
 from orchestrator.driver.runfolder import RUN_FILE
 from orchestrator.errors import CheckpointError, DataError, ReportError, first_line
 from orchestrator.job import spec
 from orchestrator.train import checkpoint, models
+from orchestrator.train.metrics import Accumulator
 
 DEFAULT_BATCH_ROWS = 65_536
 
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A run's weights and the job that defines their architecture; `build` makes the module."""
+    """A run's weights, the job that defines their architecture and the preprocessing they were trained with."""
 
     run_url: str
     weights: str  # where the weights came from (model.pt or a checkpoint directory)
     job: spec.JobSpec
     state: dict[str, torch.Tensor]
+    preprocessing: Preprocessing
 
     @property
     def outputs(self) -> int:
-        """The model's output width: the job's, else 1 unless cross_entropy, else the last layer's width."""
-        if self.job.model.outputs is not None:
-            return self.job.model.outputs
-        if self.job.loss.name != "cross_entropy":
-            return 1
-        last = [tensor for tensor in self.state.values() if tensor.ndim >= 1]
-        return int(last[-1].shape[0])
+        """The model's output width."""
+        return models.output_size(self.job, self.preprocessing.input_description())
 
-    def build(self, features: tuple[str, ...]) -> nn.Module:
-        """The model for these feature columns, with the run's weights loaded, in eval mode."""
-        net = models.build_model(self.job.model, len(features), self.outputs)
+    def build(self) -> nn.Module:
+        """The network with the run's weights loaded, in eval mode."""
+        inputs = self.preprocessing.input_description()
+        net = models.build_model(self.job.model, self.job.loss, inputs, self.outputs)
         try:
             net.load_state_dict(self.state)
         except RuntimeError as error:
-            first = first_line(error, last=True)
-            how = ("the job named its data.features" if self.job.data.features else
-                   f"the job did not name data.features, so every column but the label {self.job.data.label!r} "
-                   "is a feature: the new data must have exactly the training columns")
-            raise DataError(
-                f"The weights in {self.weights} do not fit a {self.job.model.kind} model over "
-                f"{len(features)} feature column(s) ({', '.join(features)}) and {self.outputs} output(s): "
-                f"{first}. {how[0].upper() + how[1:]}."
+            raise CheckpointError(
+                f"The weights in {self.weights} do not fit the {self.job.model.kind} model its job and "
+                f"preprocessing describe ({inputs.numeric_width} numeric input(s), {inputs.code_width} code "
+                f"column(s), {self.outputs} output(s)): {first_line(error, last=True)}."
             ) from None
         return net.eval()
 
@@ -99,7 +96,8 @@ def load(run_url: str, checkpoint_name: str | None = None) -> TrainedModel:
             with open(f"{directory}/{checkpoint.MODEL_FILE}", "rb") as f:
                 state = checkpoint.load_tensors(f.read(), f"{where}/{checkpoint.MODEL_FILE}")
         job = checkpoint.read_job(fs, where)
-        return TrainedModel(run_url, storage.join(run_url, checkpoint_name), _job(job, where), state)
+        return TrainedModel(run_url, storage.join(run_url, checkpoint_name), _job(job, where), state,
+                            _preprocessing(fs, where, run_url))
     model_path = f"{run_path}/{checkpoint.MODEL_FILE}"
     try:
         with fs.open_input_stream(model_path) as f:
@@ -109,15 +107,17 @@ def load(run_url: str, checkpoint_name: str | None = None) -> TrainedModel:
             f"The run at {run_url!r} has no {checkpoint.MODEL_FILE} (it is written when a run finishes). "
             f"Pass --checkpoint with one of its complete checkpoints: {', '.join(_complete(fs, run_path)) or 'none'}."
         ) from None
+    pre = _preprocessing(fs, run_path, run_url)
     meta = storage.read_json(fs, f"{run_path}/{RUN_FILE}")
     if meta and meta.get("job"):
-        return TrainedModel(run_url, storage.join(run_url, checkpoint.MODEL_FILE), _job(meta["job"], RUN_FILE), state)
+        return TrainedModel(run_url, storage.join(run_url, checkpoint.MODEL_FILE), _job(meta["job"], RUN_FILE), state,
+                            pre)
     complete = _complete(fs, run_path)
     if not complete:
         raise ReportError(f"The run at {run_url!r} has model.pt but neither {RUN_FILE} nor a checkpoint "
                           "holding its job, so its architecture is unknown.")
     job = checkpoint.read_job(fs, f"{run_path}/{complete[0]}")
-    return TrainedModel(run_url, storage.join(run_url, checkpoint.MODEL_FILE), _job(job, complete[0]), state)
+    return TrainedModel(run_url, storage.join(run_url, checkpoint.MODEL_FILE), _job(job, complete[0]), state, pre)
 
 
 def predict(run_url: str, data_url: str, out_url: str, *, checkpoint_name: str | None = None,
@@ -125,24 +125,23 @@ def predict(run_url: str, data_url: str, out_url: str, *, checkpoint_name: str |
     """Write one prediction per row of the Parquet at `data_url` to the Parquet file `out_url`; returns the rows."""
     trained = load(run_url, checkpoint_name)
     data_url = storage.absolute(data_url)
-    features = _features(trained.job, data_url)
-    net = trained.build(features)
+    net = trained.build()
     fs, out_path = storage.arrow_filesystem(storage.absolute(out_url))
     if "/" in out_path.rstrip("/"):
         fs.create_dir(out_path.rsplit("/", 1)[0], recursive=True)
     rows, writer = 0, None
     try:
-        for matrix in _feature_batches(data_url, features, batch_rows):
+        for table in _raw_batches(data_url, trained.preprocessing, batch_rows):
+            encoded = transform(trained.preprocessing, table)
             with torch.inference_mode():
-                outputs = net(torch.from_numpy(matrix))
-            table = _prediction_table(trained.job.loss.name, outputs, rows)
+                outputs = net(torch.from_numpy(encoded.numeric), torch.from_numpy(encoded.codes))
+            predictions = _prediction_table(trained, outputs, rows)
             if writer is None:
-                writer = pq.ParquetWriter(fs.open_output_stream(out_path), table.schema)
-            writer.write_table(table)
-            rows += len(matrix)
+                writer = pq.ParquetWriter(fs.open_output_stream(out_path), predictions.schema)
+            writer.write_table(predictions)
+            rows += table.num_rows
         if writer is None:  # no rows at all: still a file, with the columns
-            pq.write_table(_prediction_table(trained.job.loss.name, torch.empty(0, trained.outputs), 0),
-                           out_path, filesystem=fs)
+            pq.write_table(_prediction_table(trained, torch.empty(0, trained.outputs), 0), out_path, filesystem=fs)
     finally:
         if writer is not None:
             writer.close()
@@ -151,7 +150,8 @@ def predict(run_url: str, data_url: str, out_url: str, *, checkpoint_name: str |
 
 def evaluate(run_url: str, data_url: str, *, checkpoint_name: str | None = None,
              batch_rows: int = DEFAULT_BATCH_ROWS) -> dict[str, float]:
-    """Loss, plus accuracy (classification) or R² (regression), of the run's model over every row at `data_url`."""
+    """The run's validation metrics (train.metrics) over every labelled row at `data_url`, plus `rows`
+    (the rows that had a label the run knows) and `unlabelled` (the others, left out)."""
     trained = load(run_url, checkpoint_name)
     job, data_url = trained.job, storage.absolute(data_url)
     schema = _schema(data_url)
@@ -160,20 +160,31 @@ def evaluate(run_url: str, data_url: str, *, checkpoint_name: str | None = None,
             f"evaluate needs the label column {job.data.label!r} (the run's data.label) in the data at "
             f"{data_url!r}, which has only: {', '.join(schema.names)}. Use `orchestrator predict` for unlabelled data."
         )
-    index = source.scan(data_url, job.data.label, job.data.features)
-    net = trained.build(index.features)
-    totals = torch.zeros(6, dtype=torch.float64)
+    classification = job.loss.name in spec.CLASSIFICATION_LOSSES
+    index = source.scan(data_url, job.data.label, job.data.features, overrides=job.data.columns,
+                        classification=classification)
+    net, label = trained.build(), trained.preprocessing.label
+    accumulator = Accumulator(job.loss, classes=len(label.classes) if classification else None,
+                              target_scale=None if classification else (label.mean, label.std))
+    loss, rows, unlabelled = models.summed_loss(job.loss, masked=True), 0, 0
     with torch.inference_mode():
-        for batch in validation_batches(index, world_size=1, rank=0, batch_rows=batch_rows, holdout_fraction=None,
-                                        label_dtype=models.label_dtype(job.loss)):
-            totals += models.evaluation_totals(job.loss, net(batch.features), batch.labels)
-    return {"rows": int(totals[1]), **models.evaluation_metrics(job.loss, totals.tolist())}
+        for batch in validation_batches(index, trained.preprocessing, world_size=1, rank=0, batch_rows=batch_rows,
+                                        holdout_fraction=None, label_dtype=models.label_dtype(job.loss)):
+            keep = models.labelled(batch.labels)
+            outputs, labels = net(batch.numeric[keep], batch.codes[keep]), batch.labels[keep]
+            accumulator.add(outputs, loss(outputs.float(), labels), labels)
+            rows, unlabelled = rows + int(keep.sum()), unlabelled + int((~keep).sum())
+    return {"rows": rows, "unlabelled": unlabelled, **accumulator.result(torch.device("cpu"))}
 
 
-def _features(job: spec.JobSpec, data_url: str) -> tuple[str, ...]:
-    if job.data.features:
-        return tuple(job.data.features)
-    return tuple(name for name in _schema(data_url).names if name != job.data.label)
+def _preprocessing(fs: pyarrow.fs.FileSystem, path: str, run_url: str) -> Preprocessing:
+    """The preprocessing.json at `path` (a run folder or a checkpoint in it)."""
+    try:
+        with fs.open_input_stream(f"{path}/{checkpoint.PREPROCESSING_FILE}") as f:
+            return Preprocessing.from_json(f.read().decode())
+    except FileNotFoundError:
+        raise CheckpointError(f"The run at {run_url!r} has no {checkpoint.PREPROCESSING_FILE} at {path!r}: it was "
+                              "written by an older orchestrator or never reached its first step.") from None
 
 
 def _schema(data_url: str) -> pa.Schema:
@@ -182,55 +193,44 @@ def _schema(data_url: str) -> pa.Schema:
     return pq.read_schema(source.discover(data_url)[0], filesystem=fs)
 
 
-def _feature_batches(data_url: str, features: tuple[str, ...], batch_rows: int) -> Iterator[np.ndarray]:
-    """[rows, features] float32 batches of every row at `data_url`, in row-id order, reading only `features`.
+def _raw_batches(data_url: str, pre: Preprocessing, batch_rows: int) -> Iterator[pa.Table]:
+    """Tables of at most `batch_rows` rows of every file at `data_url`, in row-id order, holding only the
+    columns the preprocessing reads; a file without one of them is a DataError naming file and columns.
 
     Not `source.scan` + `RowGroupSource`: those need the label column, and
     data to predict on usually has none.
     """
     fs, _ = storage.arrow_filesystem(data_url)
+    features = [stats.name for stats in pre.columns]
     for path in source.discover(data_url):
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
             names = parquet.schema_arrow.names
             missing = [name for name in features if name not in names]
             if missing:
-                raise DataError(f"{path}: feature column(s) {', '.join(map(repr, missing))} missing; "
-                                f"available columns: {', '.join(names)}")
-            for record_batch in parquet.iter_batches(batch_size=batch_rows, columns=list(features)):
-                yield _matrix(record_batch, path)
+                raise DataError(f"{path}: feature column(s) {', '.join(map(repr, missing))} missing (the run was "
+                                f"trained on them); available columns: {', '.join(names)}")
+            for record_batch in parquet.iter_batches(batch_size=batch_rows, columns=features):
+                yield pa.Table.from_batches([record_batch])
 
 
-def _matrix(record_batch: pa.RecordBatch, path: str) -> np.ndarray:
-    matrix = np.empty((record_batch.num_rows, record_batch.num_columns), dtype=np.float32)
-    for j, (name, column) in enumerate(zip(record_batch.schema.names, record_batch.columns)):
-        kind = column.type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-            raise DataError(f"{path}: feature column {name!r} has Arrow type {kind}; "
-                            "allowed: integer, floating point or boolean")
-        if column.null_count:
-            raise DataError(f"{path}: feature column {name!r} has {column.null_count} null value(s); "
-                            "nulls are not allowed")
-        matrix[:, j] = column.to_numpy(zero_copy_only=False)
-    return matrix
-
-
-def _prediction_table(loss: str, outputs: torch.Tensor, first_row: int) -> pa.Table:
+def _prediction_table(trained: TrainedModel, outputs: torch.Tensor, first_row: int) -> pa.Table:
     """The prediction columns (see the module docstring) for one batch of model outputs."""
-    outputs = outputs.float()
-    columns = {"row": np.arange(first_row, first_row + len(outputs), dtype=np.int64)}
-    if loss == "cross_entropy":
-        columns["prediction"] = outputs.argmax(dim=-1).numpy()
-        probabilities = torch.softmax(outputs, dim=-1).numpy()
-        columns.update({f"probability_{k}": probabilities[:, k] for k in range(probabilities.shape[1])})
-    elif loss == "bce":
-        logits = outputs.squeeze(-1)
-        columns["prediction"] = (logits > 0).to(torch.int64).numpy()
-        columns["probability"] = torch.sigmoid(logits).numpy()
+    outputs, label, loss = outputs.float(), trained.preprocessing.label, trained.job.loss.name
+    columns = {"row": pa.array(np.arange(first_row, first_row + len(outputs), dtype=np.int64))}
+    if loss in spec.CLASSIFICATION_LOSSES:
+        if loss == "bce":
+            positive = torch.sigmoid(outputs.squeeze(-1))
+            probabilities = torch.stack([1 - positive, positive], dim=-1).numpy()
+        else:
+            probabilities = torch.softmax(outputs, dim=-1).numpy()
+        columns["prediction"] = pa.array(label.class_values(probabilities.argmax(axis=-1)))
+        columns.update({f"probability_{value}": probabilities[:, k] for k, value in enumerate(label.classes)})
     elif outputs.shape[-1] == 1:
-        columns["prediction"] = outputs.squeeze(-1).numpy()
+        columns["prediction"] = label.destandardize(outputs.squeeze(-1).numpy())
     else:
-        columns.update({f"prediction_{k}": outputs[:, k].numpy() for k in range(outputs.shape[-1])})
+        columns.update({f"prediction_{k}": label.destandardize(outputs[:, k].numpy())
+                        for k in range(outputs.shape[-1])})
     return pa.table(columns)
 
 

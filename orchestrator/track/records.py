@@ -13,7 +13,9 @@ import enum
 class Kind(str, enum.Enum):
     """What a progress record reports, and the fields it carries."""
 
-    START = "start"  # a worker group began (world_size, resumed_step or None)
+    # a worker group began (world_size, resumed_step or None, null_labels: training rows without a label,
+    # preprocessing_fit_s: seconds the statistics pass took, None when the group loaded them)
+    START = "start"
     WORKER = "worker"  # a rank is running (rank, pid)
     SAMPLES = "samples"  # with audit_samples: the row ids a rank trains on at a step (rank, step, epoch, ids)
     FIRST_STEP = "first_step"  # the first optimizer step of a group finished
@@ -23,7 +25,7 @@ class Kind(str, enum.Enum):
     BEST = "best"  # early stopping's best checkpoint was copied outside retention (step, path)
     STOPPED_EARLY = "stopped_early"  # early stopping ended the run (best_value, best_step, best_epoch, ...)
     WARNING = "warning"  # something the user should know that did not stop training (message)
-    FATAL = "fatal"  # training must stop and not be retried (message)
+    FATAL = "fatal"  # training must stop and not be retried (message; error_class: the OrchestratorError to raise)
     FAILURE = "failure"  # the controller saw a worker group fail (causes: rank → one line)
     FINAL = "final"  # a rank finished (rank, step, weights_sha256: replicas must agree)
     RESUME = "resume"  # the driver continues an earlier run (checkpoint, step)

@@ -32,6 +32,8 @@ class RunSummary:
     restarts: int = 0
     resumed_from_steps: list[int] = field(default_factory=list)
     dropped_rows_per_epoch: int | None = None
+    null_labels: int | None = None  # training rows without a label, left out (data.null_labels: drop)
+    preprocessing_fit_s: float | None = None  # the statistics pass over the training rows, before the first step
     wall_s: float = 0.0
     time_to_first_step_s: float | None = None
     checkpoint: str | None = None
@@ -55,6 +57,10 @@ def summarize(name: str, run_dir: str, records: list[dict], started_at: float) -
     summary.world_size = summary.world_sizes[-1] if starts else None
     summary.restarts = max(len(starts) - 1, 0)
     summary.resumed_from_steps = [r["resumed_step"] for r in starts if r["resumed_step"] is not None]
+    if starts:
+        summary.null_labels = starts[-1].get("null_labels")
+        fits = [r["preprocessing_fit_s"] for r in starts if r.get("preprocessing_fit_s") is not None]
+        summary.preprocessing_fit_s = round(fits[0], 3) if fits else None
     first = [r["time"] for r in records if r["kind"] == Kind.FIRST_STEP]
     if first:
         summary.time_to_first_step_s = round(first[0] - started_at, 3)

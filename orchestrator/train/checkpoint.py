@@ -7,6 +7,7 @@ Owns the checkpoint format. A checkpoint describes itself:
         train_state.pt  optimizer, scheduler, data cursor, counters, early-stopping state
         metrics.parquet the run's metric history up to this step (track.history.HISTORY_SCHEMA)
         job.json        the resolved job file the run was started with
+        preprocessing.json  the preprocessing fitted on the training rows (data.preprocess)
         manifest.json   format version, step, and size + sha256 of every file above
 
 The manifest is written last, and `upload` copies it to storage last, so a
@@ -49,11 +50,12 @@ import torch
 from orchestrator.data.plan import Cursor
 from orchestrator.errors import CheckpointError, first_line
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: preprocessing.json (typed columns)
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
 HISTORY_FILE = "metrics.parquet"
 JOB_FILE = "job.json"
+PREPROCESSING_FILE = "preprocessing.json"
 MANIFEST_FILE = "manifest.json"
 
 
@@ -70,6 +72,7 @@ class TrainState:
     world_size: int  # of the group that wrote it
     job: dict[str, Any]  # the resolved job file
     history: pyarrow.Table  # every metric row up to `step` (track.history.HISTORY_SCHEMA)
+    preprocessing: str  # the fitted preprocessing, as data.preprocess.Preprocessing.to_json wrote it
     stopping: dict[str, Any] = field(default_factory=dict)  # early-stopping state (best value, patience)
 
 
@@ -96,9 +99,10 @@ def save(state: TrainState, directory: str) -> None:
     pyarrow.parquet.write_table(state.history, os.path.join(directory, HISTORY_FILE))
     with open(os.path.join(directory, JOB_FILE), "w") as f:
         json.dump(state.job, f, indent=2, sort_keys=True)
-    files = {
-        name: _describe(os.path.join(directory, name)) for name in (MODEL_FILE, STATE_FILE, HISTORY_FILE, JOB_FILE)
-    }
+    with open(os.path.join(directory, PREPROCESSING_FILE), "w") as f:
+        f.write(state.preprocessing)
+    names = (MODEL_FILE, STATE_FILE, HISTORY_FILE, JOB_FILE, PREPROCESSING_FILE)
+    files = {name: _describe(os.path.join(directory, name)) for name in names}
     manifest = {"format_version": FORMAT_VERSION, "step": state.step, "files": files}
     with open(os.path.join(directory, MANIFEST_FILE), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
@@ -140,6 +144,8 @@ def load(directory: str) -> TrainState:
     state = _safe_load(directory, STATE_FILE)
     with open(os.path.join(directory, JOB_FILE)) as f:
         job = json.load(f)
+    with open(os.path.join(directory, PREPROCESSING_FILE)) as f:
+        preprocessing = f.read()
     return TrainState(
         model=model,
         optimizer=state["optimizer"],
@@ -150,6 +156,7 @@ def load(directory: str) -> TrainState:
         world_size=int(state["world_size"]),
         job=job,
         history=pyarrow.parquet.read_table(os.path.join(directory, HISTORY_FILE)),
+        preprocessing=preprocessing,
         stopping=dict(state.get("stopping", {})),
     )
 

@@ -2,9 +2,11 @@
 
 This is the only code that runs inside workers. It reads as an outline:
 
+    find where to start: the newest checkpoint in the run folder whose
+        manifest verifies, and the fitted preprocessing (from it, or
+        fitted across the ranks on a new run)                      (resume)
     build the model, optimizer, schedule and reader                 (_Worker.__init__)
-    restore: continue from the newest checkpoint in the run folder
-             whose manifest verifies, else start fresh              (_restore)
+    restore the checkpoint's state, or start fresh                  (_restore)
     for each global batch: forward → backward (DDP all-reduce) → step
         every train.log_every_n_steps: reduce the train loss across
             ranks, post progress, agree on the checkpoint timer     (_log)
@@ -29,7 +31,6 @@ from dataclasses import dataclass, field
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 
 from orchestrator.data.plan import Layout
 from orchestrator.data.reader import (
@@ -38,12 +39,21 @@ from orchestrator.data.reader import (
     default_prefetch,
     validation_batches,
 )
-from orchestrator.errors import CheckpointError
+from orchestrator.errors import DataError, OrchestratorError
 from orchestrator.job import spec
 from orchestrator.track.history import History
 from orchestrator.track.records import Kind
-from orchestrator.train import checkpoint, models, optim, policy, stopping
+from orchestrator.train import (
+    checkpoint,
+    metrics,
+    models,
+    optim,
+    policy,
+    resume,
+    stopping,
+)
 from orchestrator.train.distributed import all_reduce_sum, reseed, weights_digest
+from orchestrator.train.rehearsal import Rehearsal
 
 _VALIDATION_BATCH_ROWS = 8192
 
@@ -60,36 +70,15 @@ class _Progress:
     epoch_started: float = field(default_factory=time.perf_counter)
 
 
-@dataclass(frozen=True)
-class _Rehearsal:
-    """Test and rehearsal hooks, called before a step only when a job asks for one.
-
-    `fault` makes rank `fault.rank` call os._exit once (failure.inject); with
-    `audit_samples` every rank posts the row ids it trains on at each step.
-    """
-
-    board: object
-    rank: int
-    fault: spec.FaultInjection | None
-    audit_samples: bool
-
-    def before_step(self, step: int, epoch: int, batch) -> None:
-        if self.audit_samples:
-            self.board.post.remote({"kind": Kind.SAMPLES, "rank": self.rank, "step": step + 1,
-                                    "epoch": epoch, "ids": batch.ids.tolist()})
-        fault = self.fault
-        if fault and self.rank == fault.rank and step + 1 == fault.exit_at_step:
-            if ray.get(self.board.claim_fault.remote()):
-                os._exit(1)  # a rehearsal of a dead worker: no cleanup, like a real crash
-
-
 def train(config: dict) -> None:
     """Train the job in `config` on this rank.
 
     `config` holds the resolved job ("job", a dict), the training and validation
-    DatasetIndex ("index", "validation_index"), the model's output size
-    ("outputs"), the driver's RunBoard handle ("board") and, for audits of the
-    sample order, "audit_samples" (post every step's row ids).
+    DatasetIndex ("index", "validation_index"), the driver's RunBoard handle
+    ("board") and, for audits of the sample order, "audit_samples" (post every
+    step's row ids). A mistake in the data or the job that every rank finds
+    alike (data the preprocessing cannot fit, a loss the classes cannot meet)
+    ends the run without a retry, as that error.
     """
     job = spec.from_dict(config["job"])
     board = config["board"]
@@ -97,29 +86,50 @@ def train(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     rehearsal = None
     if job.failure.inject or config.get("audit_samples"):
-        rehearsal = _Rehearsal(board, rank, job.failure.inject, bool(config.get("audit_samples")))
-    worker = _Worker(job, config["index"], config["validation_index"], config["outputs"], board, rank, world,
-                     ray.train.torch.get_device(), rehearsal)
+        rehearsal = Rehearsal(board, rank, job.failure.inject, bool(config.get("audit_samples")))
+    try:
+        worker = _Worker(job, config["index"], config["validation_index"], board, rank, world,
+                         ray.train.torch.get_device(), rehearsal)
+    except OrchestratorError as error:  # the data or the job at fault, found alike on every rank
+        if rank == 0:
+            board.post.remote({"kind": Kind.FATAL, "message": str(error), "error_class": type(error).__name__})
+        return
     worker.run()
 
 
 class _Worker:
     """One rank's training state; methods follow the loop's outline."""
 
-    def __init__(self, job, index, validation_index, outputs, board, rank, world, device, rehearsal=None):
+    def __init__(self, job, index, validation_index, board, rank, world, device, rehearsal=None):
         self.job, self.index, self.validation_index = job, index, validation_index
         self.board, self.rank, self.world, self.device = board, rank, world, device
         self.rehearsal = rehearsal
         self.layout = Layout.for_job(job)
-        self.summed_loss = models.summed_loss(job.loss)
+        storage = ray.train.get_context().get_storage()
+        self.storage_fs, self.run_path = storage.storage_filesystem, storage.experiment_fs_path
+
+        # Where to start: a checkpoint's state (restored in run()) and the fitted preprocessing.
+        self.resume_state = resume.newest_verified(self.storage_fs, self.run_path, rank, self._warn)
+        started = time.perf_counter()
+        self.preprocessing, fitted = resume.preprocessing(index, self.layout.holdout_fraction, self.resume_state,
+                                                          self.storage_fs, self.run_path, rank, world)
+        self.preprocessing_fit_s = time.perf_counter() - started if fitted else None
+        label = self.preprocessing.label
+        if job.data.null_labels == "error" and label.null_labels:
+            raise DataError(f"{label.null_labels} training row(s) have no '{label.name}' label (data.null_labels: "
+                            "error); fill them in, or set data.null_labels: drop to skip them")
+        self.summed_loss = models.summed_loss(job.loss, masked=label.null_labels > 0)
+        self.loss_scale = metrics.loss_scale(job.loss, label.std if label.task == "regression" else None)
 
         # Identical initial weights on every rank (DDP also broadcasts rank 0's).
         torch.manual_seed(job.train.seed)
-        self.net = models.build_model(job.model, len(index.features), outputs).to(device)
+        inputs = self.preprocessing.input_description()
+        self.net = models.build_model(job.model, job.loss, inputs, models.output_size(job, inputs)).to(device)
         self.optimizer = optim.build_optimizer(job.optim, self.net.parameters())
         self.reader = ShardReader(
             index,
             self.layout,
+            self.preprocessing,
             world_size=world,
             rank=rank,
             label_dtype=models.label_dtype(job.loss),
@@ -140,8 +150,6 @@ class _Worker:
         if job.train.compile:
             self.model = torch.compile(self.model)
 
-        storage = ray.train.get_context().get_storage()
-        self.storage_fs, self.run_path = storage.storage_filesystem, storage.experiment_fs_path
         self.uploader = checkpoint.Uploader(self.storage_fs, self.run_path)
 
         # Everything below is what a checkpoint restores.
@@ -167,7 +175,8 @@ class _Worker:
     def run(self) -> None:
         """Restore, train to the end, and post this rank's final weights digest."""
         resumed_step = self._restore()
-        self._post(kind=Kind.START, world_size=self.world, resumed_step=resumed_step)
+        self._post(kind=Kind.START, world_size=self.world, resumed_step=resumed_step,
+                   null_labels=self.preprocessing.label.null_labels, preprocessing_fit_s=self.preprocessing_fit_s)
         self.board.post.remote({"kind": Kind.WORKER, "rank": self.rank, "pid": os.getpid()})
         try:
             finished = self._train_to_the_end(first_step=(resumed_step or 0) + 1)
@@ -216,14 +225,15 @@ class _Worker:
         # ranks then gives the mean over the global batch whatever each rank's share.
         scale = self.world / self.job.train.batch_size
         micro_batches = list(zip(*(t.tensor_split(self.job.train.grad_accum_steps) for t in
-                                   (batch.features, batch.labels))))
+                                   (batch.numeric, batch.codes, batch.labels))))
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for i, (features, labels) in enumerate(micro_batches):
+        for i, (numeric, codes, labels) in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # Only the last micro-batch all-reduces; the others accumulate locally.
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync, self._autocast():
-                outputs = self.model(features.to(self.device, non_blocking=True))
+                outputs = self.model(numeric.to(self.device, non_blocking=True),
+                                     codes.to(self.device, non_blocking=True))
                 loss = self.summed_loss(outputs.float(), labels.to(self.device, non_blocking=True))
                 (loss * scale).backward()
             loss_sum += loss.detach()
@@ -259,7 +269,7 @@ class _Worker:
         self.seconds_per_step = per_step
         self.timer_due_step = policy.timer_due_step(self.job.checkpoint, self.step, since_checkpoint, per_step)
         self.preempted = self.preempted or self._preempted()
-        batch, now = self.job.train.batch_size, time.time()
+        batch, now = self.job.train.batch_size / self.loss_scale, time.time()
         epoch, first = self._epoch_in_progress(), self.step - len(loss_sums) + 1
         rows = []
         for offset, (loss_sum, lr) in enumerate(zip(loss_sums, progress.step_lrs)):
@@ -284,7 +294,7 @@ class _Worker:
         complete = cursor.batch in (0, self.batches_per_epoch)
         loss, rows = all_reduce_sum([progress.epoch_loss, progress.epoch_rows], self.device)
         rate = rows / max(time.perf_counter() - progress.epoch_started, 1e-9)  # training only, not validation
-        train_metrics = {"loss": loss / max(rows, 1)}
+        train_metrics = {"loss": loss / max(rows, 1) * self.loss_scale}
         validation = self._validate()
         values = {"epoch/train_loss": train_metrics["loss"], "epoch/samples_per_s": rate}
         values.update({f"val/{name}": value for name, value in validation.items()})
@@ -305,50 +315,40 @@ class _Worker:
             self._post(kind=Kind.STOPPED_EARLY, step=self.step, epoch=epoch, **self.stopping.to_dict())
 
     def _validate(self) -> dict[str, float]:
-        """Validation metrics over every validation row, reduced across all ranks."""
+        """Validation metrics over every labelled validation row, reduced across all ranks."""
         source = self.validation_index or (self.index if self.layout.holdout_fraction else None)
         if source is None:
             return {}
+        label = self.preprocessing.label
+        accumulator = metrics.Accumulator(
+            self.job.loss, classes=len(label.classes) if label.task == "classification" else None,
+            target_scale=(label.mean, label.std) if label.task == "regression" else None)
+        masked_loss = models.summed_loss(self.job.loss, masked=True)
         self.net.eval()
-        totals = torch.zeros(6, dtype=torch.float64)
         with torch.no_grad(), self._autocast():
             for batch in validation_batches(
                 source,
+                self.preprocessing,
                 world_size=self.world,
                 rank=self.rank,
                 batch_rows=_VALIDATION_BATCH_ROWS,
                 holdout_fraction=None if self.validation_index else self.layout.holdout_fraction,
                 label_dtype=models.label_dtype(self.job.loss),
             ):
-                outputs = self.net(batch.features.to(self.device))
-                totals += models.evaluation_totals(self.job.loss, outputs, batch.labels)
+                keep = models.labelled(batch.labels)  # rows without a label (or an unseen class) do not count
+                outputs = self.net(batch.numeric[keep].to(self.device), batch.codes[keep].to(self.device))
+                labels = batch.labels[keep].to(self.device)
+                accumulator.add(outputs, masked_loss(outputs.float(), labels), labels)
         self.net.train()
-        return models.evaluation_metrics(self.job.loss, all_reduce_sum(totals.tolist(), self.device))
+        return accumulator.result(self.device)
 
     # -- resume -------------------------------------------------------------
 
     def _restore(self) -> int | None:
-        """If the run folder holds a complete checkpoint, continue from the newest; else start fresh.
-
-        The resume rule: continue from the newest checkpoint in the run folder
-        whose manifest verifies. Every checkpoint Ray Train hands back
-        (`ray.train.get_checkpoint()`) is among them, but Ray registers a
-        report only when its controller next polls the workers, so a worker
-        that dies right after reporting would send the group back one
-        checkpoint; and an upload cut short leaves a directory Ray may list.
-        Rank 0 chooses and every rank loads its choice, so all ranks continue
-        from the same step, at the exact next batch.
-        """
-        chosen, state = self._newest_verified() if self.rank == 0 else (None, None)
-        if self.world > 1:
-            shared = [chosen]
-            dist.broadcast_object_list(shared, src=0)
-            chosen = shared[0]
-        if chosen is None:
-            return None
+        """Continue from the checkpoint chosen at construction (resume.newest_verified): its step, or None."""
+        state, self.resume_state = self.resume_state, None
         if state is None:
-            with checkpoint.local_copy(self.storage_fs, f"{self.run_path}/{chosen}") as directory:
-                state = checkpoint.load(directory)
+            return None
         self.history = History(state.history)
         self.stopping = stopping.StoppingState(**state.stopping) if state.stopping else stopping.StoppingState()
         self.net.load_state_dict(state.model)
@@ -358,15 +358,6 @@ class _Worker:
         self.step, self.samples = state.step, state.samples
         self.last_checkpoint_step = state.step
         return state.step
-
-    def _newest_verified(self) -> tuple[str | None, checkpoint.TrainState | None]:
-        for name in checkpoint.newest_first(self.storage_fs, self.run_path):
-            try:
-                with checkpoint.local_copy(self.storage_fs, f"{self.run_path}/{name}") as directory:
-                    return name, checkpoint.load(directory)
-            except CheckpointError as error:
-                self._post(kind=Kind.WARNING, message=f"skipping checkpoint {name}: {error}; trying an older one")
-        return None, None
 
     # -- checkpoints --------------------------------------------------------
 
@@ -410,6 +401,7 @@ class _Worker:
             world_size=self.world,
             job=self.job.to_dict(),
             history=self.history.table(),
+            preprocessing=self.preprocessing.to_json(),
             stopping=self.stopping.to_dict(),
         ), directory)
         return directory
@@ -466,6 +458,9 @@ class _Worker:
             f"was written with these weights. Lower optim.lr (now {self.job.optim.lr:g}), set "
             "train.grad_clip, or check the data for extreme values."
         )
+
+    def _warn(self, message: str) -> None:
+        self._post(kind=Kind.WARNING, message=message)
 
     def _post(self, **record) -> None:
         if self.rank == 0 or record["kind"] == Kind.FATAL:

@@ -8,6 +8,7 @@ from collections import defaultdict
 import pytest
 import torch
 
+from orchestrator.data.preprocess import Preprocessing
 from orchestrator.driver import launch
 from orchestrator.errors import TrainingError
 from orchestrator.job import spec
@@ -108,7 +109,9 @@ def test_a_compiled_model_trains_and_saves_plain_weights(regression_data, tmp_pa
     raw["scaling"] = {"workers": 1}
     summary = launch.run(spec.from_dict(raw))
     weights = weights_of(summary)
-    net = models.build_model(spec.from_dict(raw).model, 4, 1)
+    job = spec.from_dict(raw)
+    pre = Preprocessing.from_json((pathlib.Path(summary.run_dir) / "preprocessing.json").read_text())
+    net = models.build_model(job.model, job.loss, pre.input_description(), 1)
     net.load_state_dict(weights)  # no torch.compile or DDP prefixes in model.pt
     assert summary.steps == 5
 

@@ -13,12 +13,14 @@ import yaml
 from orchestrator import cli
 from orchestrator.data import source, synthetic
 from orchestrator.data.plan import Layout
-from orchestrator.data.reader import ShardReader
+from orchestrator.data.preprocess import combine
+from orchestrator.data.reader import ShardReader, fit_partials
 from orchestrator.driver import launch
 from orchestrator.errors import LaunchError, TrainingError
 from orchestrator.job import spec
+from orchestrator.train import models
 from orchestrator.train.distributed import weights_digest
-from tests.conftest import regression_job
+from tests.conftest import learned_linear, regression_job
 
 
 def test_two_workers_recover_the_ground_truth_and_the_summary_matches_what_was_printed(
@@ -41,9 +43,10 @@ def test_two_workers_recover_the_ground_truth_and_the_summary_matches_what_was_p
     assert any(f"val loss {summary['validation']['loss']:.4g}" in line for line in printed)
 
     weights = torch.load(run_dir / "model.pt", weights_only=True)
+    w, b = learned_linear(run_dir)
     truth, bias = synthetic.truth(generate)
-    assert np.allclose(weights["weight"].numpy().ravel(), truth, atol=0.02)
-    assert abs(weights["bias"].item() - bias) < 0.02
+    assert np.allclose(w, truth, atol=0.02)
+    assert abs(b - bias) < 0.02
     assert summary["weights_sha256"] == weights_digest(weights)
 
 
@@ -65,13 +68,15 @@ def test_one_ddp_step_on_two_shards_equals_one_step_on_their_union(regression_da
 
     # The same step in one process on the whole global batch (the union of both shards).
     index = source.scan(data_dir, "y")
-    reader = ShardReader(index, Layout(seed=3, batch_size=256, lanes=8, window_rows=8192), world_size=1, rank=0)
+    pre = combine(index.columns, [partial for _, partial in fit_partials(index, 0.0, 1, 0)])
+    reader = ShardReader(index, Layout(seed=3, batch_size=256, lanes=8, window_rows=8192), pre, world_size=1, rank=0)
     batch = reader.next_batch()
     reader.close()
     torch.manual_seed(3)
-    model = torch.nn.Linear(4, 1)
+    job = spec.from_dict(raw)
+    model = models.build_model(job.model, job.loss, pre.input_description(), 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    torch.nn.functional.mse_loss(model(batch.features).squeeze(-1), batch.labels).backward()
+    torch.nn.functional.mse_loss(model(batch.numeric, batch.codes).squeeze(-1), batch.labels).backward()
     optimizer.step()
     for name, value in model.state_dict().items():
         assert torch.allclose(ddp_weights[name], value, atol=1e-6), name
@@ -89,8 +94,8 @@ def test_a_worker_that_dies_mid_run_is_replaced_and_training_resumes_from_a_chec
     # death at step 33 is 28, even if Ray Train's controller had not registered it yet.
     assert summary.resumed_from_steps == [28]
     assert summary.steps == 3 * launch.prepare(job).batches_per_epoch  # every step, none lost
-    weights = torch.load(pathlib.Path(summary.run_dir) / "model.pt", weights_only=True)
-    assert np.allclose(weights["weight"].numpy().ravel(), synthetic.truth(generate)[0], atol=0.05)
+    w, _ = learned_linear(pathlib.Path(summary.run_dir))
+    assert np.allclose(w, synthetic.truth(generate)[0], atol=0.05)
 
 
 def test_a_non_finite_loss_stops_the_run_with_an_error_naming_the_step(regression_data, tmp_path):
@@ -124,4 +129,4 @@ def test_a_user_model_module_trains_a_classifier_with_accuracy_reduced_over_rank
     }
     summary = launch.run(spec.from_dict(raw))
     assert summary.validation["accuracy"] > 0.9
-    assert set(summary.validation) == {"loss", "accuracy"}
+    assert set(summary.validation) == {"loss", "accuracy", "log_loss", "auc", "f1"}

@@ -33,6 +33,7 @@ def make_state(step: int = 40) -> checkpoint.TrainState:
         world_size=2,
         job={"name": "x", "train": {"seed": 0}},
         history=History().table(),
+        preprocessing='{"type": "Preprocessing"}',
         stopping={"best_value": 0.5, "best_step": step},
     )
 
@@ -54,6 +55,7 @@ def test_a_saved_checkpoint_loads_back_exactly(tmp_path):
     assert torch.equal(exp_avg, state.optimizer["state"][0]["exp_avg"])
     assert loaded.job == {"name": "x", "train": {"seed": 0}}
     assert loaded.stopping == {"best_value": 0.5, "best_step": 40}
+    assert loaded.preprocessing == state.preprocessing
 
 
 def test_the_metric_history_travels_in_the_checkpoint(tmp_path):

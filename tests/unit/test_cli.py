@@ -58,7 +58,7 @@ def test_a_bad_job_file_exits_2_with_every_problem_and_no_traceback(tmp_path, re
     "change, message",
     [
         ({"data": {"path": "/nonexistent/dir", "label": "y"}}, "/nonexistent/dir"),
-        ({"data": {"path": "DATA", "label": "target"}}, "label column 'target'"),
+        ({"data": {"path": "DATA", "label": "target"}}, "data.label: no column 'target'"),
     ],
     ids=["missing path", "missing label column"],
 )

@@ -19,13 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from torch import nn
 
 from orchestrator import cli, storage
+from orchestrator.data import source
+from orchestrator.data.preprocess import Preprocessing, combine, transform
+from orchestrator.data.reader import fit_partials
 from orchestrator.errors import DataError
 from orchestrator.job import spec
 from orchestrator.results import predict, reports
-from orchestrator.train import checkpoint
+from orchestrator.train import checkpoint, models
 from tests.conftest import regression_job
 
 pytest.importorskip("matplotlib")
@@ -89,10 +91,13 @@ def make_run(storage_url: str, name: str, data_url: str, *, loss: str = "mse", o
     run = storage.join(storage_url, name)
     raw = regression_job(data_url, storage_url, name=name, loss=loss, optim={"name": "sgd", "lr": lr},
                          model={"kind": "linear", "outputs": outputs if loss != "mse" else None})
-    job = spec.from_dict(raw).to_dict()
+    built = spec.from_dict(raw)
+    job = built.to_dict()
+    pre = fit_for(built, data_url)
+    write(storage.join(run, checkpoint.PREPROCESSING_FILE), pre.to_json().encode())
     torch.manual_seed(len(name))
     buffer = io.BytesIO()
-    torch.save(nn.Linear(3, outputs).state_dict(), buffer)
+    torch.save(models.build_model(built.model, built.loss, pre.input_description(), outputs).state_dict(), buffer)
     write(storage.join(run, "model.pt"), buffer.getvalue())
     buffer = io.BytesIO()
     score = "val/accuracy" if loss in ("cross_entropy", "bce") else "val/r2"
@@ -118,6 +123,13 @@ def make_run(storage_url: str, name: str, data_url: str, *, loss: str = "mse", o
                 "resumed_from_steps": [15], "wall_s": 75.0, "warnings": [], "error": None}
         write(storage.join(run, "summary.json"), json.dumps(body).encode())
     return run
+
+
+def fit_for(job: spec.JobSpec, data_url: str) -> Preprocessing:
+    """The preprocessing a run of `job` fits on `data_url` (one rank, every row)."""
+    index = source.scan(data_url, job.data.label, job.data.features,
+                        classification=job.loss.name in spec.CLASSIFICATION_LOSSES)
+    return combine(index.columns, [partial for _, partial in fit_partials(index, 0.0, 1, 0)])
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -242,17 +254,22 @@ def test_compare_draws_both_runs_on_one_plot_and_puts_their_metrics_side_by_side
 # ---- predict and evaluate ----------------------------------------------------------
 
 
-def model_outputs(run: str, data: str) -> tuple[torch.Tensor, np.ndarray]:
-    """The run's model applied directly to every row of `data` in file order, and the labels."""
+def model_outputs(run: str, data: str) -> tuple[torch.Tensor, np.ndarray, Preprocessing]:
+    """The run's model applied directly to every row of `data` in file order through its preprocessing,
+    the raw labels, and the preprocessing."""
+    pre = Preprocessing.from_json(read(storage.join(run, checkpoint.PREPROCESSING_FILE)).decode())
+    job = spec.from_dict(json.loads(read(storage.join(run, "run.json")))["job"])
     state = torch.load(io.BytesIO(read(storage.join(run, "model.pt"))), weights_only=True)
-    net = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    net = models.build_model(job.model, job.loss, pre.input_description(), models.output_size(
+        job, pre.input_description()))
     net.load_state_dict(state)
     fs, path = storage.fsspec_filesystem(data)
     table = pa.concat_tables(pq.read_table(f, filesystem=storage.arrow_filesystem(data)[0])
                              for f in sorted(fs.glob(f"{path}/*.parquet")))
-    x = torch.from_numpy(np.stack([table.column(f"x{j}").to_numpy() for j in range(3)], axis=1))
+    encoded = transform(pre, table)
     with torch.no_grad():
-        return net(x), table.column("y").to_numpy()
+        return net.eval()(torch.from_numpy(encoded.numeric), torch.from_numpy(encoded.codes)), \
+            table.column("y").to_numpy(), pre
 
 
 def test_predict_writes_one_prediction_per_input_row_equal_to_the_models_outputs(root, capsys):
@@ -264,11 +281,12 @@ def test_predict_writes_one_prediction_per_input_row_equal_to_the_models_outputs
 
     assert "62 predictions" in capsys.readouterr().out
     written = pq.read_table(io.BytesIO(read(out)))
-    expected, _ = model_outputs(run, data)
+    expected, _, pre = model_outputs(run, data)
     assert written.column_names == ["row", "prediction"]
     assert written.column("row").to_pylist() == list(range(62))
-    # Batches of 7 rows and one batch of 62 may round float32 sums differently (different kernels).
-    np.testing.assert_allclose(written.column("prediction").to_numpy(), expected.squeeze(-1).numpy(), rtol=0, atol=1e-6)
+    # In the label's units; batches of 7 rows and one of 62 may round float32 sums differently.
+    np.testing.assert_allclose(written.column("prediction").to_numpy(),
+                               pre.destandardize(expected.squeeze(-1).numpy()), rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "bce"])
@@ -281,16 +299,16 @@ def test_predict_for_a_classifier_writes_the_class_and_its_probabilities(tmp_pat
     assert predict.predict(run, data, out) == 62
 
     written = pq.read_table(out)
-    logits, _ = model_outputs(run, data)
+    logits, _, _ = model_outputs(run, data)
     if loss == "cross_entropy":
         assert written.column_names == ["row", "prediction", "probability_0", "probability_1", "probability_2"]
         assert written.column("prediction").to_pylist() == logits.argmax(-1).tolist()
         probabilities = np.stack([written.column(f"probability_{k}").to_numpy() for k in range(3)], axis=1)
         assert np.allclose(probabilities, torch.softmax(logits, -1).numpy())
-    else:
-        assert written.column_names == ["row", "prediction", "probability"]
+    else:  # the class values are the label's own (0 and 1 here), each with its probability
+        assert written.column_names == ["row", "prediction", "probability_0", "probability_1"]
         assert written.column("prediction").to_pylist() == (logits.squeeze(-1) > 0).long().tolist()
-        assert np.allclose(written.column("probability").to_numpy(), torch.sigmoid(logits.squeeze(-1)).numpy())
+        assert np.allclose(written.column("probability_1").to_numpy(), torch.sigmoid(logits.squeeze(-1)).numpy())
 
 
 def test_predict_from_a_named_checkpoint_uses_that_checkpoints_weights(tmp_path):
@@ -298,26 +316,29 @@ def test_predict_from_a_named_checkpoint_uses_that_checkpoints_weights(tmp_path)
     run = make_run(str(tmp_path / "runs"), "alpha", data)
     directory = tmp_path / "runs" / "alpha" / "step-00000010"
     directory.mkdir()
-    torch.save({"weight": torch.ones(1, 3), "bias": torch.zeros(1)}, directory / checkpoint.MODEL_FILE)
+    torch.save({"body.weight": torch.ones(1, 3), "body.bias": torch.zeros(1)}, directory / checkpoint.MODEL_FILE)
     (directory / checkpoint.JOB_FILE).write_text(json.dumps(json.loads(read(run + "/run.json"))["job"]))
+    pre = Preprocessing.from_json(read(run + "/" + checkpoint.PREPROCESSING_FILE).decode())
+    (directory / checkpoint.PREPROCESSING_FILE).write_text(pre.to_json())
     files = {name: {"bytes": (directory / name).stat().st_size,
                     "sha256": hashlib.sha256((directory / name).read_bytes()).hexdigest()}
-             for name in (checkpoint.MODEL_FILE, checkpoint.JOB_FILE)}
+             for name in (checkpoint.MODEL_FILE, checkpoint.JOB_FILE, checkpoint.PREPROCESSING_FILE)}
     (directory / checkpoint.MANIFEST_FILE).write_text(
         json.dumps({"format_version": checkpoint.FORMAT_VERSION, "step": 10, "files": files}))
     out = str(tmp_path / "p.parquet")
 
     predict.predict(run, data, out, checkpoint_name="step-00000010")
 
-    x = pq.read_table(str(tmp_path / "data")).select(["x0", "x1", "x2"]).to_pandas().to_numpy()
-    assert np.allclose(pq.read_table(out).column("prediction").to_numpy(), x.sum(axis=1), atol=1e-6)
+    standardized = transform(pre, pq.read_table(str(tmp_path / "data"))).numeric
+    assert np.allclose(pq.read_table(out).column("prediction").to_numpy(),
+                       pre.destandardize(standardized.sum(axis=1)), atol=1e-5)
 
 
 def test_predict_on_data_without_the_feature_columns_names_what_is_missing(tmp_path):
     run = make_run(str(tmp_path / "runs"), "alpha", write_data(str(tmp_path / "data")))
     other = write_data(str(tmp_path / "other"), features=2)
 
-    with pytest.raises(DataError, match="model over 2 feature column"):
+    with pytest.raises(DataError, match="feature column.*'x2' missing"):
         predict.predict(run, other, str(tmp_path / "p.parquet"))
 
 
@@ -327,11 +348,15 @@ def test_evaluate_prints_the_loss_and_r2_of_the_model_on_labelled_data(tmp_path,
 
     assert cli.main(["evaluate", run, "--data", data, "--batch-rows", "5"]) == 0
 
-    outputs, labels = model_outputs(run, data)
-    errors = outputs.squeeze(-1).double().numpy() - labels
+    outputs, labels, pre = model_outputs(run, data)
+    errors = pre.destandardize(outputs.squeeze(-1).double().numpy()) - labels
     mse = float(np.mean(errors ** 2))
     r2 = 1 - float(np.sum(errors ** 2) / np.sum((labels - labels.mean()) ** 2))
-    assert capsys.readouterr().out.split() == ["62", "rows", "loss", f"{mse:.4g}", "r2", f"{r2:.4g}"]
+    printed = capsys.readouterr().out.split()
+    assert printed[:2] == ["62", "rows"]
+    shown = dict(zip(printed[2::2], printed[3::2]))
+    assert float(shown["loss"]) == pytest.approx(mse, rel=1e-3) and float(shown["r2"]) == pytest.approx(r2, rel=1e-3)
+    assert float(shown["rmse"]) == pytest.approx(mse ** 0.5, rel=1e-3) and shown["unlabelled"] == "0"
 
 
 def test_evaluate_on_data_without_the_label_exits_2_naming_the_label_column(tmp_path, capsys):

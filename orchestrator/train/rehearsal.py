@@ -1,0 +1,40 @@
+"""Rehearsals and audits a job or a test asks for: hooks the loop calls before a step, only when asked.
+
+`failure.inject` makes one rank call os._exit once per run (the RunBoard
+grants the fault once, not after every restart); `audit_samples` makes every
+rank post the row ids it trains on at each step. Off the hot path otherwise:
+the loop holds None and skips the call.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import ray
+
+from orchestrator.job import spec
+from orchestrator.track.records import Kind
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """Test and rehearsal hooks, called before a step only when a job asks for one.
+
+    `fault` makes rank `fault.rank` call os._exit once (failure.inject); with
+    `audit_samples` every rank posts the row ids it trains on at each step.
+    """
+
+    board: object
+    rank: int
+    fault: spec.FaultInjection | None
+    audit_samples: bool
+
+    def before_step(self, step: int, epoch: int, batch) -> None:
+        if self.audit_samples:
+            self.board.post.remote({"kind": Kind.SAMPLES, "rank": self.rank, "step": step + 1,
+                                    "epoch": epoch, "ids": batch.ids.tolist()})
+        fault = self.fault
+        if fault and self.rank == fault.rank and step + 1 == fault.exit_at_step:
+            if ray.get(self.board.claim_fault.remote()):
+                os._exit(1)  # a rehearsal of a dead worker: no cleanup, like a real crash

@@ -14,7 +14,10 @@ another so none competes with another for the CPUs. Order:
    ours 1 and 2 workers, one epoch of the 1× data; 3 interleaved rounds, medians;
 4. recovery (recovery.py): ours vs plain Ray Train, two kills each;
 5. checkpoint stall (stall.py): ours (ASYNC) vs plain SYNC (and plain ASYNC);
-   3 interleaved rounds, medians.
+   3 interleaved rounds, medians;
+6. typed tables (tables.py): ours (shipped job, and TabM) vs LightGBM and a
+   standardized linear model on the same split, the statistics pass, samples/s
+   with embeddings vs numeric columns only.
 
 The raw figures go to benchmarks/.work/results.json, the report to
 benchmarks/RESULTS.md (or --out).
@@ -83,6 +86,27 @@ def measure_stall(directory: pathlib.Path, repeats: int) -> dict:
               for _ in range(repeats)]
     figures = ("median_step_ms", "report_step_ms", "report_call_ms", "report_stall", "amortized_stall")
     return {name: _medians([r[name] for r in rounds], figures) for name in STALL_RUNS}
+
+
+def measure_tables(size: str) -> dict:
+    """{table: {case: result}} for benchmarks/tables.py (one run each: the metrics are deterministic)."""
+    from benchmarks import tables
+
+    results: dict[str, dict] = {}
+    for table in ("churn", "unscaled"):
+        data = str(tables.ensure(table, size))
+        results[table] = {
+            "ours": _child("tables", "ours", f"tables-ours-{table}", table=table, data=data),
+            "lightgbm": _child("tables", "lightgbm", f"tables-lightgbm-{table}", table=table, data=data),
+            "linear": _child("tables", "linear", f"tables-linear-{table}", table=table, data=data),
+        }
+    churn = str(tables.ensure("churn", size))
+    results["churn"]["ours_tabm"] = _child("tables", "ours", "tables-ours-churn-tabm", table="churn", data=churn,
+                                           model={"kind": "tabm"})
+    results["churn"]["ours_numeric"] = _child("tables", "ours", "tables-ours-churn-numeric", table="churn",
+                                              data=churn, features=["income", "age"])
+    results["churn"]["truth"] = _child("tables", "truth", "tables-truth-churn", data=churn)
+    return results
 
 
 def _medians(runs: list[dict], keys: tuple[str, ...]) -> dict:
@@ -159,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     results["recovery"] = measure_recovery(datasets["1x"])
     print("stall …", flush=True)
     results["stall"] = measure_stall(datasets["1x"], repeats=3)
+    print("tables …", flush=True)
+    results["tables"] = measure_tables("quick" if options.quick else "full")
     results["total_s"] = round(time.time() - started, 1)
     (WORK / ("results-quick.json" if options.quick else "results.json")).write_text(json.dumps(results, indent=2))
     out.write_text(report.render(results))

@@ -435,7 +435,10 @@ def transform(pre: Preprocessing, table: pa.Table) -> Encoded:
     column must be present (DataError naming the absent ones); the label is encoded when present."""
     _require(table, [stats.name for stats in pre.columns], "the transform")
     n = table.num_rows
-    numeric, categorical, bags = [], [], []
+    width = sum(len(stats.names) for stats in pre.columns if not isinstance(stats, VocabularyStats))
+    # Each block is written straight into its columns (cast to float32 as it lands): no concatenation.
+    numeric, at = np.empty((n, width), np.float32, order="F"), 0
+    categorical, bags = [], []
     with np.errstate(over="ignore"):  # an overflow becomes inf, which the clip bounds
         for stats in pre.columns:
             column = table[stats.name]
@@ -444,10 +447,12 @@ def transform(pre: Preprocessing, table: pa.Table) -> Encoded:
             elif isinstance(stats, VocabularyStats):
                 categorical.append(stats.block(column)[:, None])
             else:
-                numeric.append(stats.block(column))
+                block = stats.block(column)
+                numeric[:, at:at + block.shape[1]] = block
+                at += block.shape[1]
     has_label = pre.label is not None and pre.label.name in table.column_names
     return Encoded(
-        numeric=np.concatenate(numeric, axis=1).astype(np.float32) if numeric else np.zeros((n, 0), np.float32),
+        numeric=numeric,
         codes=np.concatenate(categorical + bags, axis=1) if categorical or bags else np.zeros((n, 0), np.int64),
         labels=pre.label.encode(table[pre.label.name]) if has_label else None,
     )

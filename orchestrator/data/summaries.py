@@ -104,9 +104,13 @@ def moments(x: np.ndarray) -> Moments:
     deviations from the mean; a 2-D `x` gives one of each per column."""
     finite = np.isfinite(x)
     count = finite.sum(axis=0)
+    everywhere = bool(finite.all())  # then the masks change nothing: skip them (same values, same sums)
     with np.errstate(over="ignore", invalid="ignore"):  # huge values: inf moments, refused by the caller
-        mean = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(count, 1)
-        m2 = (np.where(finite, x - mean, 0.0) ** 2).sum(axis=0)
+        mean = (x if everywhere else np.where(finite, x, 0.0)).sum(axis=0) / np.maximum(count, 1)
+        deviation = x - mean
+        if not everywhere:
+            deviation[~finite] = 0.0
+        m2 = (deviation * deviation).sum(axis=0)
     return count, mean, m2
 
 
@@ -122,13 +126,22 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
         return n, ma + delta * share, sa + sb + delta * delta * na * share
 
 
+_SKETCH_PROBS = (np.arange(QUANTILE_POINTS) + 0.5) / QUANTILE_POINTS
+
+
 def sketch(values: np.ndarray) -> tuple[float, ...]:
     """One row group's quantile sketch of its finite `values` (see QUANTILE_POINTS): all of them
     sorted when they are few, else their Hazen quantiles at (i + 0.5) / QUANTILE_POINTS."""
     if values.size <= QUANTILE_POINTS:
         return tuple(np.sort(values).tolist())
-    probs = (np.arange(QUANTILE_POINTS) + 0.5) / QUANTILE_POINTS
-    return tuple(np.quantile(values, probs, method="hazen").tolist())
+    # np.quantile's "hazen" method, computed from one sort: numpy's SIMD sort is ~10x faster than the
+    # partitions np.quantile makes for 256 points. Same virtual index and interpolation as numpy's.
+    ordered = np.sort(values)
+    index = np.clip(ordered.size * _SKETCH_PROBS - 0.5, 0, ordered.size - 1)
+    below = np.floor(index).astype(np.int64)
+    above = np.minimum(below + 1, ordered.size - 1)
+    a, b, t = ordered[below], ordered[above], index - below
+    return tuple(np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t).tolist())
 
 
 def quantiles(sketches: Sequence[tuple[int, Sequence[float]]], probs: np.ndarray, low: float,

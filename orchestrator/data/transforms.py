@@ -45,8 +45,11 @@ def arrow(column: Column) -> pa.Array:
 
 
 def floats(column: Column) -> np.ndarray:
-    """float64 values (bools as 0/1), NaN for null."""
-    return pc.fill_null(pc.cast(arrow(column), pa.float64()), math.nan).to_numpy(zero_copy_only=False)
+    """float64 values (bools as 0/1), NaN for null; a view of a float64 column without nulls (read-only)."""
+    array = pc.cast(arrow(column), pa.float64())
+    if array.null_count:
+        array = pc.fill_null(array, math.nan)
+    return array.to_numpy(zero_copy_only=False)
 
 
 def keys(column: Column) -> pa.Array:
@@ -127,9 +130,13 @@ def normal_quantile(p: np.ndarray) -> np.ndarray:
     return np.where(np.abs(q) <= 0.5 - _P_TAIL, central, np.where(q < 0, tail, -tail))
 
 
-def _with_indicator(values: np.ndarray, missing: np.ndarray, fitted_missing: int) -> np.ndarray:
-    """[n, 1 or 2]: the values, then the 0/1 indicator when the training rows had a missing value."""
-    return np.column_stack([values, missing.astype(np.float64)] if fitted_missing else [values])
+def _with_indicator(values: np.ndarray, missing: np.ndarray | None, fitted_missing: int) -> np.ndarray:
+    """[n, 1 or 2]: the values, then the 0/1 indicator (None: nothing missing) when the training rows had
+    a missing value."""
+    if not fitted_missing:
+        return values[:, None]
+    indicator = np.zeros(len(values)) if missing is None else missing.astype(np.float64)
+    return np.column_stack([values, indicator])
 
 
 # ---- the fitted state of one column -------------------------------------------------------
@@ -161,12 +168,18 @@ class NumericStats:
     def encode(self, x: np.ndarray) -> np.ndarray:
         """`block` of float64 values, NaN or inf for missing."""
         missing = ~np.isfinite(x)
-        return _with_indicator(self._scale(np.where(missing, self.median, x)), missing, self.missing)
+        if missing.any():
+            x = np.where(missing, self.median, x)
+        else:
+            missing = None  # the common case: no copy for the imputation, no indicator to build
+        return _with_indicator(self._scale(x), missing, self.missing)
 
     def _scale(self, x: np.ndarray) -> np.ndarray:
         if self.transform in ("standard", "log1p"):
-            moved = signed_log1p(x) if self.transform == "log1p" else x
-            return np.clip((moved - self.mean) / self.std, -VALUE_BOUND, VALUE_BOUND)
+            # In place after the first operation: each pass over a column costs as much as the arithmetic.
+            scaled = np.subtract(signed_log1p(x) if self.transform == "log1p" else x, self.mean)
+            scaled /= self.std
+            return np.clip(scaled, -VALUE_BOUND, VALUE_BOUND, out=scaled)
         if self.transform == "robust":
             spread = self.iqr if self.iqr > TINY * max(1.0, abs(self.median)) else self.std
             return np.clip((x - self.median) / spread, -ROBUST_CLIP, ROBUST_CLIP)

@@ -111,12 +111,14 @@ class DataSpec:
 class ModelSpec:
     """Which network to build; `kind` is a built-in or a user's "module.path:function"."""
 
-    kind: str  # linear | logistic | mlp | "jobs.my_model:build"
+    kind: str  # linear | logistic | mlp | tabm | "jobs.my_model:build"
     hidden: tuple[int, ...] = (64, 64)  # hidden layer widths (mlp)
     activation: str = "relu"  # relu | gelu | tanh | silu | sigmoid
     dropout: float = 0.0  # dropout probability after each hidden layer, in [0, 1)
     outputs: int | None = None  # output width; None = inferred from the data
-    options: dict = field(default_factory=dict)  # free-form keyword arguments for a user builder
+    # keyword arguments for a user builder; for tabm, TabM's own (k, d_block, n_blocks, dropout) and
+    # numeric_embedding (periodic | none)
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,10 @@ class CheckpointSpec:
     """When checkpoints are taken and how many Ray Train keeps."""
 
     every_n_steps: int | None = 200  # None = no step-based checkpoints
-    every_n_seconds: float | None = None  # None = no time-based checkpoints
+    # Also a checkpoint about every this many seconds: at each log point the ranks agree on the time since
+    # the last checkpoint and the time a step takes, and checkpoint at the step where it falls due
+    # (train.policy.timer_due_step). None = no time-based checkpoints.
+    every_n_seconds: float | None = None
     keep: int = 3  # newest checkpoints kept
 
 

@@ -31,7 +31,8 @@ from orchestrator.progress import duration
 from orchestrator.track.summary import fit_diagnosis
 
 REPORT_DIR = "report"
-VALIDATION_SCORES = ("val/accuracy", "val/r2")  # higher is better; one of them per run
+# The validation metrics besides the loss (train.metrics), the headline score of each task first.
+VALIDATION_SCORES = ("val/auc", "val/accuracy", "val/f1", "val/log_loss", "val/r2", "val/rmse", "val/mae")
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,15 @@ class Run:
         """Every metric name in the history."""
         return sorted(set(self.history.column("name").to_pylist())) if self.history is not None else []
 
+    def score_names(self) -> list[str]:
+        """The validation metrics besides the loss this run recorded, headline first (val/auc or val/r2)."""
+        recorded = set(self.names())
+        return [name for name in VALIDATION_SCORES if name in recorded]
+
     def score_name(self) -> str | None:
-        """`val/accuracy` or `val/r2`, whichever this run recorded."""
-        return next((name for name in VALIDATION_SCORES if name in self.names()), None)
+        """The run's headline validation score: val/auc (classification; val/accuracy in runs recorded
+        before it), else val/r2."""
+        return next(iter(self.score_names()), None)
 
 
 def open_run(url: str) -> Run:
@@ -266,7 +273,7 @@ def _pyplot():
 
 def report_figures(run: Run) -> dict[str, Any]:
     """The report's figures by file name: `loss.png` (train vs validation loss over steps) and
-    `metrics.png` (learning rate, accuracy or R², samples/s), each with the early-stopping point
+    `metrics.png` (learning rate, each validation metric, samples/s), each with the early-stopping point
     and restarts marked. Every plotted line carries the metric name it shows as its label."""
     if run.history is None:
         raise ReportError(f"Run {run.name!r} at {run.url!r} has no {HISTORY_FILE} yet: nothing to plot.")
@@ -279,7 +286,7 @@ def report_figures(run: Run) -> dict[str, Any]:
     _finish(ax, run, f"{run.name}: train vs validation loss", "loss")
     fig.tight_layout()
     figures["loss.png"] = fig
-    panels = [[name] for name in ("train/lr", run.score_name()) if name]
+    panels = [[name] for name in ("train/lr", *run.score_names())]
     panels.append(["train/samples_per_s", "epoch/samples_per_s"])
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels)), sharex=True, squeeze=False)
     for ax, names in zip(axes[:, 0], panels):

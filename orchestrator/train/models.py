@@ -154,9 +154,13 @@ def _user_builder(target: str) -> Callable[..., nn.Module]:
 def output_size(job, inputs) -> int:
     """The model's output width: model.outputs if set, else one per class for cross_entropy, else 1.
 
-    A SpecError when the data's classes cannot meet the loss (bce needs two).
+    A SpecError when the data's classes cannot meet the loss (bce needs two, and
+    cross_entropy one output per class).
     """
     if job.model.outputs is not None:
+        if job.loss.name == "cross_entropy" and job.model.outputs != inputs.classes:
+            raise SpecError(f"model.outputs: {job.model.outputs}, but the label '{job.data.label}' has "
+                            f"{inputs.classes} classes in the training rows; drop model.outputs to use one per class")
         return job.model.outputs
     if job.loss.name == "bce" and inputs.classes != 2:
         raise SpecError(f"loss.name: bce needs a label with two classes, but '{job.data.label}' has "

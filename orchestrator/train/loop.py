@@ -269,18 +269,22 @@ class _Worker:
         self.seconds_per_step = per_step
         self.timer_due_step = policy.timer_due_step(self.job.checkpoint, self.step, since_checkpoint, per_step)
         self.preempted = self.preempted or self._preempted()
-        batch, now = self.job.train.batch_size / self.loss_scale, time.time()
+        batch, now = self.job.train.batch_size, time.time()
         epoch, first = self._epoch_in_progress(), self.step - len(loss_sums) + 1
         rows = []
         for offset, (loss_sum, lr) in enumerate(zip(loss_sums, progress.step_lrs)):
-            rows += self.history.add(first + offset, epoch, {"train/loss": loss_sum / batch, "train/lr": lr}, now)
+            rows += self.history.add(first + offset, epoch, {"train/loss": self._mean_loss(loss_sum), "train/lr": lr}, now)
         rate = len(loss_sums) * batch / max(elapsed, 1e-9)
         rows += self.history.add(self.step, epoch, {"train/samples_per_s": rate}, now)
         self._post(kind=Kind.LOG, step=self.step, epoch=epoch, samples=self.samples, rows=rows,
-                   loss=sum(loss_sums) / (batch * len(loss_sums)), lr=progress.step_lrs[-1],
+                   loss=self._mean_loss(sum(loss_sums)) / len(loss_sums), lr=progress.step_lrs[-1],
                    samples_per_s=round(rate, 1), steps_per_epoch=self.batches_per_epoch,
                    total_steps=self.total_steps)
         progress.step_losses, progress.step_lrs, progress.log_started = [], [], time.perf_counter()
+
+    def _mean_loss(self, loss_sum: float) -> float:
+        """A step's loss summed over its global batch → the mean, in the label's units."""
+        return loss_sum * self.loss_scale / self.job.train.batch_size
 
     def _epoch_in_progress(self) -> int:
         cursor = self.reader.state()  # after an epoch's last batch the cursor is already at the next one

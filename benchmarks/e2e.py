@@ -18,7 +18,7 @@ ray_data_train   ray.init(num_cpus=2) + TorchTrainer(1 worker, 1 CPU) +
 torchrun_worker  run under `torchrun --standalone --nproc_per_node 2`: gloo DDP,
                  OMP_NUM_THREADS=1 (torchrun's default), each rank reading every
                  other row group with `common.plain_batches` (512 rows a step).
-ours             orchestrator.launch.run on a JobSpec from spec.from_dict (embedded
+ours             orchestrator.driver.launch.run on a JobSpec from spec.from_dict (embedded
                  Ray with num_cpus = 2 cores), checkpoint.every_n_steps null (the
                  epoch-end checkpoint remains, after the last timed step).
 """

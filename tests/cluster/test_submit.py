@@ -96,7 +96,7 @@ def test_a_job_still_pending_after_the_timeout_is_stopped_with_the_reason(head):
     # A driver asking for a resource no node has stays PENDING for good.
     script = (
         "import sys\n"
-        "from orchestrator import submit\n"
+        "from orchestrator.driver import submit\n"
         "from orchestrator.errors import LaunchError\n"
         "client = submit.connect(sys.argv[1])\n"
         "job = client.submit_job(entrypoint='true', entrypoint_resources={'no_such_resource': 1})\n"

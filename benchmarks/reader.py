@@ -120,10 +120,9 @@ def ours(data: str, window_rows: int = 8192) -> dict:
 
 def _fitted(index):
     """The preprocessing a run fits (every column standardized, the default), on one process."""
-    from orchestrator.data.preprocess import combine
-    from orchestrator.data.reader import fit_partials
+    from orchestrator.data.reader import fit_in_process
 
-    return combine(index.columns, [partial for _, partial in fit_partials(index, 0.0, 1, 0)])
+    return fit_in_process(index, 0.0)
 
 
 def raydata(data: str) -> dict:

@@ -7,9 +7,12 @@ state (`combine` → `Preprocessing`), the transform of a table into numpy block
 the label's classes or standardization, and the JSON that stores all of it (never pickle).
 
 Fitting is a reduction over row groups. A partial holds one row group's training rows'
-statistics; `combine` merges partials given in global row-group order. Since the unit and
-the order are fixed, the result is the same bits whatever number of workers computed the
-partials: the caller gathers them across ranks and sorts them by row-group id.
+statistics; partials merge (`merge`) along a fixed binary tree over the row groups
+(`tree_nodes`, `reduce`, `assemble`). Since the unit and the tree are fixed, the result is
+the same bits whatever number of workers computed which nodes: each rank computes the nodes
+inside its own range and gathers the others', O(log row groups) partials each, so the
+memory of fitting does not grow with the data (a vocabulary: at most
+VOCABULARY_SCAN_LIMIT values per column). `combine` does the whole tree in one process.
 
 A value is missing when it is null, NaN, +inf or -inf. Per kind:
 - numeric: missing → the training median, plus a 0/1 `name__missing` column only when the
@@ -42,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -50,6 +53,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from orchestrator.data import summaries
 from orchestrator.data.columns import ColumnPlan
 from orchestrator.data.summaries import (
     BooleanPartial,
@@ -59,6 +63,7 @@ from orchestrator.data.summaries import (
     VocabularyPartial,
     merge_counts,
     merge_moments,
+    merge_sketches,
     moments,
     quantiles,
     select_vocabulary,
@@ -323,24 +328,134 @@ _COMBINERS = {
 
 def combine(plans: Sequence[ColumnPlan], partials: Sequence[Partial]) -> Preprocessing:
     """The fitted preprocessing from every training row group's partial, given in global
-    row-group order: the same partials in the same order give the same bits, however many
-    workers computed them. One DataError lists every column that cannot be fitted (no value
-    in the training rows, vectors of several lengths, one class only, overflowing values)."""
+    row-group order, merged along the fixed tree (`reduce`): the same partials give the same
+    bits, however many workers computed them. One DataError lists every column that cannot be
+    fitted (no value in the training rows, vectors of several lengths, one class only,
+    overflowing values)."""
     if not partials:
         raise DataError("no training rows to fit the preprocessing on: every row group is empty or held out "
                         "for validation")
+    return finish(plans, reduce(plans, partials.__getitem__, 0, len(partials)))
+
+
+def finish(plans: Sequence[ColumnPlan], root: Partial) -> Preprocessing:
+    """The fitted preprocessing from the merged partial of every training row group (see `combine`)."""
     features = [plan for plan in plans if plan.role == "feature"]
     label = next((plan for plan in plans if plan.role == "label"), None)
-    assert all(len(part.columns) == len(features) for part in partials), "partials of other plans"
+    assert len(root.columns) == len(features), "a partial of other plans"
     problems: list[str] = []
-    columns = tuple(_COMBINERS[plan.kind](plan, [part.columns[i] for part in partials], problems)
-                    for i, plan in enumerate(features))
-    fitted_label = _combine_label(label, [part.label for part in partials], problems) if label else None
+    columns = tuple(_COMBINERS[plan.kind](plan, [root.columns[i]], problems) for i, plan in enumerate(features))
+    fitted_label = _combine_label(label, [root.label], problems) if label else None
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise DataError(f"The preprocessing cannot be fitted on the training rows "
                         f"({len(problems)} problem(s)):\n{lines}")
-    return Preprocessing(columns=columns, label=fitted_label, rows=sum(part.rows for part in partials))
+    return Preprocessing(columns=columns, label=fitted_label, rows=root.rows)
+
+
+# ---- the merge tree: partials of row groups [lo, hi) ------------------------------------------
+# A fixed binary tree over the row groups [0, n): node [lo, hi) merges [lo, mid) and [mid, hi),
+# mid = (lo + hi) // 2. Every node is a function of its row groups alone, so a rank may compute
+# the nodes inside its own range and the others the rest: the root is the same bits at any world
+# size, and no rank ever holds more than O(log n) partials of its own.
+
+def tree_nodes(n: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The largest nodes of the merge tree over [0, n) that lie inside [lo, hi), left to right."""
+    found: list[tuple[int, int]] = []
+
+    def visit(a: int, b: int) -> None:
+        if b <= lo or a >= hi or a >= b:
+            return
+        if lo <= a and b <= hi:
+            found.append((a, b))
+            return
+        visit(a, (a + b) // 2)
+        visit((a + b) // 2, b)
+
+    visit(0, n)
+    return found
+
+
+def reduce(plans: Sequence[ColumnPlan], leaf: Callable[[int], Partial], lo: int, hi: int) -> Partial:
+    """Node [lo, hi) of the merge tree, from `leaf(i)`, row group i's partial (computed depth first)."""
+    if hi - lo == 1:
+        return leaf(lo)
+    mid = (lo + hi) // 2
+    return merge(plans, reduce(plans, leaf, lo, mid), reduce(plans, leaf, mid, hi))
+
+
+def assemble(plans: Sequence[ColumnPlan], nodes: Mapping[tuple[int, int], Partial], lo: int, hi: int) -> Partial:
+    """Node [lo, hi) of the merge tree from `nodes` that cover it (the ranks' `tree_nodes`, gathered)."""
+    if (lo, hi) in nodes:
+        return nodes[(lo, hi)]
+    mid = (lo + hi) // 2
+    return merge(plans, assemble(plans, nodes, lo, mid), assemble(plans, nodes, mid, hi))
+
+
+def merge(plans: Sequence[ColumnPlan], a: Partial, b: Partial) -> Partial:
+    """The partial of the row groups of `a` followed by those of `b`. A vocabulary past
+    VOCABULARY_SCAN_LIMIT values, or vectors of two lengths, is a DataError naming the column."""
+    features = [plan for plan in plans if plan.role == "feature"]
+    label = next((plan for plan in plans if plan.role == "label"), None)
+    return Partial(
+        rows=a.rows + b.rows,
+        columns=tuple(_MERGERS[plan.kind](plan, x, y) for plan, x, y in zip(features, a.columns, b.columns)),
+        label=_merge_label(label, a.label, b.label) if label else None,
+    )
+
+
+def _merge_numeric(plan: ColumnPlan, a: NumericPartial, b: NumericPartial) -> NumericPartial:
+    count, mean, m2 = merge_moments((a.count, a.mean, a.m2), (b.count, b.mean, b.m2))
+    lows = [v for v in (a.low, b.low) if v is not None]
+    highs = [v for v in (a.high, b.high) if v is not None]
+    low, high = (min(lows), max(highs)) if lows else (None, None)
+    points = merge_sketches((a.count, a.sketch), (b.count, b.sketch), low, high) if lows else ()
+    return NumericPartial(count=int(count), missing=a.missing + b.missing, mean=float(mean), m2=float(m2),
+                          low=low, high=high, sketch=points)
+
+
+def _merge_vocabulary(plan: ColumnPlan, a: VocabularyPartial, b: VocabularyPartial) -> VocabularyPartial:
+    counts = merge_counts([(a.values, a.counts), (b.values, b.counts)])
+    if len(counts) > summaries.VOCABULARY_SCAN_LIMIT:
+        raise DataError(f"column '{plan.name}' has more than {summaries.VOCABULARY_SCAN_LIMIT} distinct values "
+                        f"in the training rows, more than a vocabulary may hold: set "
+                        f"data.columns.{plan.name}.hash_buckets (e.g. 1048576) to hash its values")
+    values = tuple(sorted(counts))
+    return VocabularyPartial(value_type=a.value_type, count=a.count + b.count, missing=a.missing + b.missing,
+                             values=values, counts=tuple(counts[v] for v in values),
+                             longest=max(a.longest, b.longest))
+
+
+def _merge_vector(plan: ColumnPlan, a: VectorPartial, b: VectorPartial) -> VectorPartial:
+    if a.length is None or b.length is None:
+        kept = b if a.length is None else a
+        return dataclasses.replace(kept, missing=a.missing + b.missing)
+    if a.length != b.length:
+        raise DataError(f"vector column '{plan.name}' has rows of {a.length} and of {b.length} values in the "
+                        "training rows: every row needs one length (or leave it out with data.exclude)")
+    count, mean, m2 = merge_moments(*[(np.array(p.count), np.array(p.mean), np.array(p.m2)) for p in (a, b)])
+    return VectorPartial(length=a.length, missing=a.missing + b.missing, count=tuple(count.tolist()),
+                         mean=tuple(mean.tolist()), m2=tuple(m2.tolist()))
+
+
+def _merge_label(plan: ColumnPlan, a: LabelPartial, b: LabelPartial) -> LabelPartial:
+    if plan.kind == "numeric":
+        count, mean, m2 = merge_moments((a.count, a.mean, a.m2), (b.count, b.mean, b.m2))
+        return LabelPartial(a.null_labels + b.null_labels, int(count), float(mean), float(m2), (), ())
+    counts = merge_counts([(a.values, a.counts), (b.values, b.counts)])
+    values = tuple(sorted(counts))
+    return LabelPartial(a.null_labels + b.null_labels, a.count + b.count, 0.0, 0.0, values,
+                        tuple(counts[v] for v in values))
+
+
+_MERGERS = {
+    "numeric": _merge_numeric,
+    "boolean": lambda plan, a, b: BooleanPartial(a.count + b.count, a.missing + b.missing),
+    "categorical": _merge_vocabulary,
+    "datetime": _merge_numeric,
+    "vector": _merge_vector,
+    "tags": _merge_vocabulary,
+}
 
 
 # ---- the fitted state of a table, and its transform ------------------------------------------

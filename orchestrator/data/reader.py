@@ -30,7 +30,16 @@ from orchestrator import settings, storage
 from orchestrator.data import plan as planning
 from orchestrator.data.index import DatasetIndex
 from orchestrator.data.plan import Cursor, EpochPlan, Layout
-from orchestrator.data.preprocess import Partial, Preprocessing, fit_partial, transform
+from orchestrator.data.preprocess import (
+    Partial,
+    Preprocessing,
+    assemble,
+    finish,
+    fit_partial,
+    reduce,
+    transform,
+    tree_nodes,
+)
 from orchestrator.errors import DataError, first_line
 
 _OPEN_FILES = 8  # remote Parquet files kept open per reader
@@ -363,21 +372,32 @@ def validation_batches(
         source.close()
 
 
-def fit_partials(index: DatasetIndex, holdout_fraction: float, world_size: int,
-                 rank: int) -> list[tuple[int, Partial]]:
-    """(position, partial) of the training rows of every row group this rank fits: positions
-    rank, rank + world_size, ... The partials of all ranks, sorted by position, are the same
-    whatever the world size, so `preprocess.combine` gives the same bits at any world size."""
+def fit_nodes(index: DatasetIndex, holdout_fraction: float, world_size: int,
+              rank: int) -> dict[tuple[int, int], Partial]:
+    """This rank's nodes of the merge tree (`preprocess.tree_nodes`) over its contiguous share of
+    the row groups, each the merged partial of their training rows. Every rank's nodes together
+    cover every row group once; `preprocess.assemble` merges them into the same root at any world
+    size. Holds O(log row groups) partials at a time."""
+    n = len(index.row_groups)
+    lo, hi = n * rank // world_size, n * (rank + 1) // world_size
     source = RowGroupSource(index, preprocessing=None)
+
+    def leaf(position: int) -> Partial:
+        rg = index.row_groups[position]
+        rows = planning.train_rows(rg.first_row, rg.num_rows, holdout_fraction) if holdout_fraction else None
+        return fit_partial(index.columns, source.table(position, rows))
+
     try:
-        found = []
-        for position in range(rank, len(index.row_groups), world_size):
-            rg = index.row_groups[position]
-            rows = planning.train_rows(rg.first_row, rg.num_rows, holdout_fraction) if holdout_fraction else None
-            found.append((position, fit_partial(index.columns, source.table(position, rows))))
-        return found
+        return {(a, b): reduce(index.columns, leaf, a, b) for a, b in tree_nodes(n, lo, hi)}
     finally:
         source.close()
+
+
+def fit_in_process(index: DatasetIndex, holdout_fraction: float) -> Preprocessing:
+    """The preprocessing a run fits, computed here from every row group (what the workers compute
+    together); for tests, benchmarks and tools."""
+    n = len(index.row_groups)
+    return finish(index.columns, assemble(index.columns, fit_nodes(index, holdout_fraction, 1, 0), 0, n))
 
 
 class _Prefetcher:

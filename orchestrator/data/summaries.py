@@ -3,11 +3,12 @@
 Owns what one row group contributes to fitting, as small frozen data (`NumericPartial`,
 `BooleanPartial`, `VocabularyPartial`, `VectorPartial`, `LabelPartial`), and the arithmetic
 that makes fitting a reduction: moments (count, mean, sum of squared deviations) merged with
-Chan et al.'s pairwise update; a quantile sketch per row group, merged as a weighted sample;
+Chan et al.'s pairwise update; a quantile sketch per row group, two sketches merged into one of
+at most MERGED_POINTS (exact while the values are few, else the quantiles of their weighted union);
 value counts with their memory bound, and the vocabulary chosen from merged counts; and
 `stable_hash`, a 64-bit hash of strings computed with numpy, the same in every process and
 on every machine. Each merge, fed the same pieces in the same order, gives the same bits;
-`data.preprocess` feeds them in global row-group order.
+`data.preprocess` feeds them along its fixed merge tree.
 
 Leaves to `data.preprocess` which summaries each column kind needs, reading Arrow columns
 into them, and the fitted state. No Ray, no torch, no files.
@@ -30,9 +31,8 @@ from orchestrator.errors import DataError
 # standing for count / QUANTILE_POINTS values. The merged quantiles are those of that
 # weighted sample: off from the exact ones by at most about 1 / QUANTILE_POINTS in rank.
 QUANTILE_POINTS = 256
-# Distinct values of one column one row group may hold before counting stops: a
-# vocabulary partial holds every distinct value of its row group, and partials are
-# gathered onto every worker. Past it, the column needs `hash_buckets`.
+# Distinct values of one column a vocabulary partial may hold, in one row group or merged
+# over many: partials are gathered onto every worker. Past it, the column needs `hash_buckets`.
 VOCABULARY_SCAN_LIMIT = 200_000
 
 
@@ -127,6 +127,10 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
 
 
 _SKETCH_PROBS = (np.arange(QUANTILE_POINTS) + 0.5) / QUANTILE_POINTS
+# Points a merged sketch keeps: more than a row group's, so that re-summarizing at each level
+# of the merge tree (a few dozen levels at most) adds little to the leaves' 1/QUANTILE_POINTS.
+MERGED_POINTS = 4 * QUANTILE_POINTS
+_MERGED_PROBS = (np.arange(MERGED_POINTS) + 0.5) / MERGED_POINTS
 
 
 def sketch(values: np.ndarray) -> tuple[float, ...]:
@@ -158,6 +162,17 @@ def quantiles(sketches: Sequence[tuple[int, Sequence[float]]], probs: np.ndarray
     cumulative = np.cumsum(weights)
     positions = (cumulative - weights / 2) / cumulative[-1]
     return np.interp(probs, np.r_[0.0, positions, 1.0], np.r_[low, values, high])
+
+
+def merge_sketches(a: tuple[int, Sequence[float]], b: tuple[int, Sequence[float]], low: float,
+                   high: float) -> tuple[float, ...]:
+    """One sketch of the union of two (count, sketch) pairs: every value of both, sorted, while both
+    hold all their values and they number at most MERGED_POINTS; else the union's `quantiles` at
+    MERGED_POINTS Hazen probabilities (each point then weighs count / MERGED_POINTS)."""
+    (count_a, points_a), (count_b, points_b) = a, b
+    if len(points_a) == count_a and len(points_b) == count_b and count_a + count_b <= MERGED_POINTS:
+        return tuple(sorted((*points_a, *points_b)))
+    return tuple(quantiles([a, b], _MERGED_PROBS, low, high).tolist())
 
 
 def value_counts(values: pa.Array, column: str, fix: str) -> tuple[tuple, tuple[int, ...]]:

@@ -11,10 +11,11 @@ choice, so all ranks continue from the same step.
 The preprocessing is fitted once per run, before the first step, and never
 again: a group that resumes takes it from its checkpoint; one that restarts
 before the first checkpoint takes the copy rank 0 wrote into the run folder
-right after fitting; only a new run fits. Fitting is a reduction: each rank
-computes the partial statistics of its share of the training row groups
-(`reader.fit_partials`), every rank gathers all of them, and `combine` merges
-them in row-group order, so every rank — at any world size — holds the same bits.
+right after fitting; only a new run fits. Fitting is a reduction along a fixed
+merge tree over the row groups: each rank merges the nodes inside its
+contiguous share of the training row groups (`reader.fit_nodes`), every rank
+gathers every rank's nodes (O(log row groups) each) and `assemble` merges them
+up the same tree, so every rank — at any world size — holds the same bits.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import pyarrow.fs
 import torch.distributed as dist
 
 from orchestrator.data.index import DatasetIndex
-from orchestrator.data.preprocess import Preprocessing, combine
-from orchestrator.data.reader import fit_partials
+from orchestrator.data.preprocess import Preprocessing, assemble, finish
+from orchestrator.data.reader import fit_nodes
 from orchestrator.errors import CheckpointError, DataError
 from orchestrator.train import checkpoint
 
@@ -75,7 +76,7 @@ def preprocessing(index: DatasetIndex, holdout_fraction: float, state: checkpoin
     if saved is not None:
         return Preprocessing.from_json(saved), False
     try:
-        mine: list | DataError = fit_partials(index, holdout_fraction, world, rank)
+        mine: dict | DataError = fit_nodes(index, holdout_fraction, world, rank)
     except DataError as error:  # shared below, so every rank stops here, none waits in a collective
         mine = error
     gathered = [mine]
@@ -85,8 +86,8 @@ def preprocessing(index: DatasetIndex, holdout_fraction: float, state: checkpoin
     errors = [part for part in gathered if isinstance(part, DataError)]
     if errors:
         raise errors[0]
-    partials = [item for part in gathered for item in part]
-    fitted = combine(index.columns, [partial for _, partial in sorted(partials, key=lambda item: item[0])])
+    nodes = {span: partial for part in gathered for span, partial in part.items()}
+    fitted = finish(index.columns, assemble(index.columns, nodes, 0, len(index.row_groups)))
     if rank == 0:
         with fs.open_output_stream(path) as out:
             out.write(fitted.to_json().encode())

@@ -13,8 +13,7 @@ import yaml
 from orchestrator import cli
 from orchestrator.data import source, synthetic
 from orchestrator.data.plan import Layout
-from orchestrator.data.preprocess import combine
-from orchestrator.data.reader import ShardReader, fit_partials
+from orchestrator.data.reader import ShardReader, fit_in_process
 from orchestrator.driver import launch
 from orchestrator.errors import LaunchError, TrainingError
 from orchestrator.job import spec
@@ -68,7 +67,7 @@ def test_one_ddp_step_on_two_shards_equals_one_step_on_their_union(regression_da
 
     # The same step in one process on the whole global batch (the union of both shards).
     index = source.scan(data_dir, "y")
-    pre = combine(index.columns, [partial for _, partial in fit_partials(index, 0.0, 1, 0)])
+    pre = fit_in_process(index, 0.0)
     reader = ShardReader(index, Layout(seed=3, batch_size=256, lanes=8, window_rows=8192), pre, world_size=1, rank=0)
     batch = reader.next_batch()
     reader.close()

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from orchestrator.data import plan, source
-from orchestrator.data.preprocess import combine
+from orchestrator.data.preprocess import assemble, finish
 from orchestrator.data.reader import (
     EndOfEpoch,
     ShardReader,
     default_prefetch,
-    fit_partials,
+    fit_in_process,
+    fit_nodes,
     validation_batches,
 )
 from orchestrator.job.columns import ColumnSpec
@@ -24,7 +25,7 @@ RAW = {"a": ColumnSpec(transform="none"), "b": ColumnSpec(transform="none"), "x"
 
 def fitted(index, holdout=0.0):
     """The preprocessing of `index` fitted on one rank; features kept raw (transform: none) so values show ids."""
-    return combine(index.columns, [partial for _, partial in fit_partials(index, holdout, 1, 0)])
+    return fit_in_process(index, holdout)
 
 BATCH, LANES = 128, 8
 
@@ -176,9 +177,12 @@ def test_the_fitted_preprocessing_is_bit_identical_for_1_2_and_4_workers_on_unev
 
     synthetic.write(GenerateSpec(kind="mixed", rows=3000, files=3, seed=2), str(tmp_path))
     index = source.scan(str(tmp_path), "churned", exclude=["user_id"], classification=True)
-    fitted = set()
+    fitted, n = set(), len(index.row_groups)
     for world in (1, 2, 4):
-        partials = [item for rank in range(world) for item in fit_partials(index, 0.2, world, rank)]
-        assert sorted(position for position, _ in partials) == list(range(len(index.row_groups)))
-        fitted.add(combine(index.columns, [p for _, p in sorted(partials, key=lambda item: item[0])]).to_json())
+        nodes = {span: partial for rank in range(world) for span, partial in fit_nodes(index, 0.2, world, rank).items()}
+        covered = sorted(i for lo, hi in nodes for i in range(lo, hi))
+        assert covered == list(range(n))  # every row group in exactly one rank's nodes
+        fitted.add(finish(index.columns, assemble(index.columns, nodes, 0, n)).to_json())
     assert len(fitted) == 1
+    # and the same as merging every row group's partial in one process
+    assert fitted == {fit_in_process(index, 0.2).to_json()}

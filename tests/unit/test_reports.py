@@ -22,8 +22,8 @@ import torch
 
 from orchestrator import cli, storage
 from orchestrator.data import source
-from orchestrator.data.preprocess import Preprocessing, combine, transform
-from orchestrator.data.reader import fit_partials
+from orchestrator.data.preprocess import Preprocessing, transform
+from orchestrator.data.reader import fit_in_process
 from orchestrator.errors import DataError
 from orchestrator.job import spec
 from orchestrator.results import predict, reports
@@ -129,7 +129,7 @@ def fit_for(job: spec.JobSpec, data_url: str) -> Preprocessing:
     """The preprocessing a run of `job` fits on `data_url` (one rank, every row)."""
     index = source.scan(data_url, job.data.label, job.data.features,
                         classification=job.loss.name in spec.CLASSIFICATION_LOSSES)
-    return combine(index.columns, [partial for _, partial in fit_partials(index, 0.0, 1, 0)])
+    return fit_in_process(index, 0.0)
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -1,18 +1,14 @@
 """Fitted preprocessing: statistics learned from the training rows, as data, and the pure
 transform that applies them to an Arrow table.
 
-Owns: one row group's statistics (`fit_partial` → `Partial`), their merge into the fitted
-state (`combine` → `Preprocessing`), the transform of a table into numpy blocks
+Owns: turning the merged statistics of the training rows (`data.partials`) into the fitted
+state (`combine`, `finish` → `Preprocessing`), the transform of a table into numpy blocks
 (`transform` → `Encoded`), the model's input shape (`Preprocessing.input_description`),
 the label's classes or standardization, and the JSON that stores all of it (never pickle).
 
-Fitting is a reduction over row groups. A partial holds one row group's training rows'
-statistics; partials merge (`merge`) along a fixed binary tree over the row groups
-(`tree_nodes`, `reduce`, `assemble`). Since the unit and the tree are fixed, the result is
-the same bits whatever number of workers computed which nodes: each rank computes the nodes
-inside its own range and gathers the others', O(log row groups) partials each, so the
-memory of fitting does not grow with the data (a vocabulary: at most
-VOCABULARY_SCAN_LIMIT values per column). `combine` does the whole tree in one process.
+Fitting is a reduction over row groups along a fixed merge tree (`data.partials`): the
+root partial is the same bits at any world size, and `finish` turns it into the fitted
+state; `combine` does the whole tree in one process.
 
 A value is missing when it is null, NaN, +inf or -inf. Per kind:
 - numeric: missing → the training median, plus a 0/1 `name__missing` column only when the
@@ -35,26 +31,26 @@ Scaled outputs are clipped to ±transforms.VALUE_BOUND (`none` to float32's rang
 never seen in training give neither inf nor NaN. The label: classes sorted by value → 0..K-1, with
 -1 for a null or unseen class; or a standardized regression target.
 
-Leaves to `data.columns` each column's kind, to `summaries` the mergeable arithmetic and its
-bounds, to `transforms` each column's fitted state and transform, and to the caller reading
-row groups, gathering partials across ranks and dropping unlabelled rows (`label_mask`).
+Leaves to `data.columns` each column's kind, to `partials` one row group's
+statistics and the merge tree, to `summaries` the mergeable arithmetic and its bounds, to
+`transforms` each column's fitted state and transform, and to the caller reading row groups,
+gathering partials across ranks and dropping unlabelled rows (`label_mask`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from orchestrator.data import summaries
+from orchestrator.data import codec
 from orchestrator.data.columns import ColumnPlan
+from orchestrator.data.partials import Partial, reduce, require_columns
 from orchestrator.data.summaries import (
     BooleanPartial,
     LabelPartial,
@@ -63,30 +59,18 @@ from orchestrator.data.summaries import (
     VocabularyPartial,
     merge_counts,
     merge_moments,
-    merge_sketches,
-    moments,
     quantiles,
     select_vocabulary,
-    sketch,
-    value_counts,
 )
 from orchestrator.data.transforms import (
     KNOTS,
     TINY,
     BooleanStats,
-    Column,
     DatetimeStats,
     LabelStats,
     NumericStats,
     VectorStats,
     VocabularyStats,
-    arrow,
-    floats,
-    keys,
-    list_lengths,
-    matrix,
-    seconds,
-    signed_log1p,
     usable,
 )
 from orchestrator.errors import DataError
@@ -94,99 +78,6 @@ from orchestrator.job.columns import embedding_dim
 
 FORMAT_VERSION = 1  # of the JSON; from_json refuses another
 MAX_TAGS_PER_ROW = 64  # a tags column's padded width at most
-
-
-@dataclass(frozen=True)
-class Partial:
-    """One row group's statistics: small, picklable and JSON-able, to be gathered across ranks."""
-
-    rows: int
-    columns: tuple  # one *Partial per feature plan, in plan order
-    label: LabelPartial | None
-
-    def to_json(self) -> str:
-        """JSON from which `from_json` rebuilds an equal Partial (moments that overflowed are Infinity)."""
-        return _dumps(self, strict=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> Partial:
-        """The Partial `to_json` wrote; DataError for malformed text."""
-        return _loads(text, cls)
-
-
-# ---- fit_partial ------------------------------------------------------------------------
-
-def _numeric_partial(x: np.ndarray, log: bool) -> NumericPartial:
-    finite = x[np.isfinite(x)]
-    count, mean, m2 = moments(signed_log1p(finite) if log else finite)
-    return NumericPartial(count=int(count), missing=int(x.size - count), mean=float(mean), m2=float(m2),
-                          low=float(finite.min()) if count else None,
-                          high=float(finite.max()) if count else None, sketch=sketch(finite))
-
-
-def _vocabulary_partial(plan: ColumnPlan, column: Column) -> VocabularyPartial:
-    values, longest = arrow(column), 1
-    if plan.kind == "tags":
-        lengths = list_lengths(values)
-        longest = int(lengths.max()) if len(lengths) else 0
-        values = arrow(pc.list_flatten(values))
-    strings, missing = keys(values), values.null_count
-    counted = ((), ()) if plan.hash_buckets else value_counts(
-        strings, plan.name, f"set data.columns.{plan.name}.hash_buckets (e.g. 1048576) to hash its values "
-                         "instead of keeping a vocabulary")
-    return VocabularyPartial(value_type=str(values.type), count=len(strings) - missing, missing=missing,
-                             values=counted[0], counts=counted[1], longest=longest)
-
-
-def _vector_partial(plan: ColumnPlan, column: Column) -> VectorPartial:
-    x, length = matrix(column, plan.vector_length, plan.name)
-    count, mean, m2 = moments(signed_log1p(x) if plan.transform == "log1p" else x)
-    missing = len(x) if length is None else int((~np.isfinite(x).all(axis=1)).sum())
-    return VectorPartial(length=length, missing=missing, count=tuple(count.tolist()),
-                         mean=tuple(mean.tolist()), m2=tuple(m2.tolist()))
-
-
-def _label_partial(plan: ColumnPlan, column: Column) -> LabelPartial:
-    ok = usable(column)
-    null_labels = int(ok.size - ok.sum())
-    if plan.kind == "numeric":
-        count, mean, m2 = moments(floats(column)[ok])
-        return LabelPartial(null_labels, int(count), float(mean), float(m2), (), ())
-    values, counts = value_counts(arrow(column).filter(pa.array(ok)), plan.name,
-                                  "a classification label holds a few classes; is this the right column, "
-                                  "and the right loss?")
-    return LabelPartial(null_labels, int(ok.sum()), 0.0, 0.0, values, counts)
-
-
-_PARTIALS = {
-    "numeric": lambda plan, column: _numeric_partial(floats(column), plan.transform == "log1p"),
-    "boolean": lambda plan, column: BooleanPartial(len(column) - column.null_count, column.null_count),
-    "categorical": _vocabulary_partial,
-    "datetime": lambda plan, column: _numeric_partial(seconds(column), False),
-    "vector": _vector_partial,
-    "tags": _vocabulary_partial,
-}
-
-
-def _require(table: pa.Table, names: Sequence[str], doing: str) -> None:
-    absent = [name for name in names if name not in table.column_names]
-    if absent:
-        raise DataError(f"{doing} needs column(s) {', '.join(map(repr, absent))}, which the table lacks "
-                        f"(it has: {', '.join(table.column_names)}); the data must keep the columns the "
-                        "preprocessing was fitted on")
-
-
-def fit_partial(plans: Sequence[ColumnPlan], table: pa.Table) -> Partial:
-    """One row group's statistics from `table`, its training rows (only the planned columns are
-    read; a missing one is a DataError). Pure: the same table gives the same partial."""
-    _require(table, [plan.name for plan in plans], "fitting preprocessing")
-    label = next((plan for plan in plans if plan.role == "label"), None)
-    return Partial(
-        rows=table.num_rows,
-        columns=tuple(_PARTIALS[plan.kind](plan, table[plan.name])
-                      for plan in plans if plan.role == "feature"),
-        label=_label_partial(label, table[label.name]) if label else None,
-    )
 
 
 # ---- combine ----------------------------------------------------------------------------
@@ -353,111 +244,6 @@ def finish(plans: Sequence[ColumnPlan], root: Partial) -> Preprocessing:
     return Preprocessing(columns=columns, label=fitted_label, rows=root.rows)
 
 
-# ---- the merge tree: partials of row groups [lo, hi) ------------------------------------------
-# A fixed binary tree over the row groups [0, n): node [lo, hi) merges [lo, mid) and [mid, hi),
-# mid = (lo + hi) // 2. Every node is a function of its row groups alone, so a rank may compute
-# the nodes inside its own range and the others the rest: the root is the same bits at any world
-# size, and no rank ever holds more than O(log n) partials of its own.
-
-def tree_nodes(n: int, lo: int, hi: int) -> list[tuple[int, int]]:
-    """The largest nodes of the merge tree over [0, n) that lie inside [lo, hi), left to right."""
-    found: list[tuple[int, int]] = []
-
-    def visit(a: int, b: int) -> None:
-        if b <= lo or a >= hi or a >= b:
-            return
-        if lo <= a and b <= hi:
-            found.append((a, b))
-            return
-        visit(a, (a + b) // 2)
-        visit((a + b) // 2, b)
-
-    visit(0, n)
-    return found
-
-
-def reduce(plans: Sequence[ColumnPlan], leaf: Callable[[int], Partial], lo: int, hi: int) -> Partial:
-    """Node [lo, hi) of the merge tree, from `leaf(i)`, row group i's partial (computed depth first)."""
-    if hi - lo == 1:
-        return leaf(lo)
-    mid = (lo + hi) // 2
-    return merge(plans, reduce(plans, leaf, lo, mid), reduce(plans, leaf, mid, hi))
-
-
-def assemble(plans: Sequence[ColumnPlan], nodes: Mapping[tuple[int, int], Partial], lo: int, hi: int) -> Partial:
-    """Node [lo, hi) of the merge tree from `nodes` that cover it (the ranks' `tree_nodes`, gathered)."""
-    if (lo, hi) in nodes:
-        return nodes[(lo, hi)]
-    mid = (lo + hi) // 2
-    return merge(plans, assemble(plans, nodes, lo, mid), assemble(plans, nodes, mid, hi))
-
-
-def merge(plans: Sequence[ColumnPlan], a: Partial, b: Partial) -> Partial:
-    """The partial of the row groups of `a` followed by those of `b`. A vocabulary past
-    VOCABULARY_SCAN_LIMIT values, or vectors of two lengths, is a DataError naming the column."""
-    features = [plan for plan in plans if plan.role == "feature"]
-    label = next((plan for plan in plans if plan.role == "label"), None)
-    return Partial(
-        rows=a.rows + b.rows,
-        columns=tuple(_MERGERS[plan.kind](plan, x, y) for plan, x, y in zip(features, a.columns, b.columns)),
-        label=_merge_label(label, a.label, b.label) if label else None,
-    )
-
-
-def _merge_numeric(plan: ColumnPlan, a: NumericPartial, b: NumericPartial) -> NumericPartial:
-    count, mean, m2 = merge_moments((a.count, a.mean, a.m2), (b.count, b.mean, b.m2))
-    lows = [v for v in (a.low, b.low) if v is not None]
-    highs = [v for v in (a.high, b.high) if v is not None]
-    low, high = (min(lows), max(highs)) if lows else (None, None)
-    points = merge_sketches((a.count, a.sketch), (b.count, b.sketch), low, high) if lows else ()
-    return NumericPartial(count=int(count), missing=a.missing + b.missing, mean=float(mean), m2=float(m2),
-                          low=low, high=high, sketch=points)
-
-
-def _merge_vocabulary(plan: ColumnPlan, a: VocabularyPartial, b: VocabularyPartial) -> VocabularyPartial:
-    counts = merge_counts([(a.values, a.counts), (b.values, b.counts)])
-    if len(counts) > summaries.VOCABULARY_SCAN_LIMIT:
-        raise DataError(f"column '{plan.name}' has more than {summaries.VOCABULARY_SCAN_LIMIT} distinct values "
-                        f"in the training rows, more than a vocabulary may hold: set "
-                        f"data.columns.{plan.name}.hash_buckets (e.g. 1048576) to hash its values")
-    values = tuple(sorted(counts))
-    return VocabularyPartial(value_type=a.value_type, count=a.count + b.count, missing=a.missing + b.missing,
-                             values=values, counts=tuple(counts[v] for v in values),
-                             longest=max(a.longest, b.longest))
-
-
-def _merge_vector(plan: ColumnPlan, a: VectorPartial, b: VectorPartial) -> VectorPartial:
-    if a.length is None or b.length is None:
-        kept = b if a.length is None else a
-        return dataclasses.replace(kept, missing=a.missing + b.missing)
-    if a.length != b.length:
-        raise DataError(f"vector column '{plan.name}' has rows of {a.length} and of {b.length} values in the "
-                        "training rows: every row needs one length (or leave it out with data.exclude)")
-    count, mean, m2 = merge_moments(*[(np.array(p.count), np.array(p.mean), np.array(p.m2)) for p in (a, b)])
-    return VectorPartial(length=a.length, missing=a.missing + b.missing, count=tuple(count.tolist()),
-                         mean=tuple(mean.tolist()), m2=tuple(m2.tolist()))
-
-
-def _merge_label(plan: ColumnPlan, a: LabelPartial, b: LabelPartial) -> LabelPartial:
-    if plan.kind == "numeric":
-        count, mean, m2 = merge_moments((a.count, a.mean, a.m2), (b.count, b.mean, b.m2))
-        return LabelPartial(a.null_labels + b.null_labels, int(count), float(mean), float(m2), (), ())
-    counts = merge_counts([(a.values, a.counts), (b.values, b.counts)])
-    values = tuple(sorted(counts))
-    return LabelPartial(a.null_labels + b.null_labels, a.count + b.count, 0.0, 0.0, values,
-                        tuple(counts[v] for v in values))
-
-
-_MERGERS = {
-    "numeric": _merge_numeric,
-    "boolean": lambda plan, a, b: BooleanPartial(a.count + b.count, a.missing + b.missing),
-    "categorical": _merge_vocabulary,
-    "datetime": _merge_numeric,
-    "vector": _merge_vector,
-    "tags": _merge_vocabulary,
-}
-
-
 # ---- the fitted state of a table, and its transform ------------------------------------------
 
 class Embedding(NamedTuple):
@@ -524,7 +310,7 @@ class Preprocessing:
         """bool per row of `table`: the label is usable (not null, NaN or inf); the rows to keep."""
         if self.label is None:
             raise DataError("this preprocessing was fitted without a label: it cannot tell which rows have one")
-        _require(table, [self.label.name], "finding the labelled rows")
+        require_columns(table, [self.label.name], "finding the labelled rows")
         return usable(table[self.label.name])
 
     def destandardize(self, values: np.ndarray) -> np.ndarray:
@@ -533,12 +319,12 @@ class Preprocessing:
 
     def to_json(self) -> str:
         """Strict JSON (no NaN), from which `from_json` rebuilds an equal Preprocessing."""
-        return _dumps(self)
+        return codec.dumps(self)
 
     @classmethod
     def from_json(cls, text: str) -> Preprocessing:
         """The Preprocessing `to_json` wrote; DataError for another format version or malformed text."""
-        pre = _loads(text, cls)
+        pre = codec.loads(text, cls, _TYPES)
         if pre.version != FORMAT_VERSION:
             raise DataError(f"the preprocessing was saved in format version {pre.version}; this orchestrator "
                             f"reads version {FORMAT_VERSION}: refit it with this version")
@@ -548,7 +334,7 @@ class Preprocessing:
 def transform(pre: Preprocessing, table: pa.Table) -> Encoded:
     """`table` through the fitted preprocessing: vectorised, no loop over rows. Every feature
     column must be present (DataError naming the absent ones); the label is encoded when present."""
-    _require(table, [stats.name for stats in pre.columns], "the transform")
+    require_columns(table, [stats.name for stats in pre.columns], "the transform")
     n = table.num_rows
     width = sum(len(stats.names) for stats in pre.columns if not isinstance(stats, VocabularyStats))
     # Each block is written straight into its columns (cast to float32 as it lands): no concatenation.
@@ -573,40 +359,5 @@ def transform(pre: Preprocessing, table: pa.Table) -> Encoded:
     )
 
 
-# ---- JSON: tagged dataclasses, tuples as lists --------------------------------------------
-
-_TYPES = {cls.__name__: cls for cls in (
-    NumericPartial, BooleanPartial, VocabularyPartial, VectorPartial, LabelPartial, Partial,
-    NumericStats, BooleanStats, DatetimeStats, VectorStats, VocabularyStats, LabelStats, Preprocessing)}
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {"type": type(obj).__name__,
-                **{f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
-    if isinstance(obj, tuple):
-        return [_plain(item) for item in obj]
-    return obj
-
-
-def _typed(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        cls = _TYPES[raw["type"]]
-        return cls(**{key: _typed(value) for key, value in raw.items() if key != "type"})
-    if isinstance(raw, list):
-        return tuple(_typed(item) for item in raw)
-    return raw
-
-
-def _dumps(obj: Any, strict: bool = True) -> str:
-    return json.dumps(_plain(obj), allow_nan=not strict)
-
-
-def _loads(text: str, cls: type) -> Any:
-    try:
-        obj = _typed(json.loads(text))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"not a valid {cls.__name__} JSON ({type(exc).__name__}: {exc})") from None
-    if not isinstance(obj, cls):
-        raise DataError(f"expected a {cls.__name__} JSON, got a {type(obj).__name__}")
-    return obj
+_TYPES = codec.types(NumericStats, BooleanStats, DatetimeStats, VectorStats, VocabularyStats, LabelStats,
+                     Preprocessing)

@@ -29,17 +29,15 @@ import torch
 from orchestrator import settings, storage
 from orchestrator.data import plan as planning
 from orchestrator.data.index import DatasetIndex
-from orchestrator.data.plan import Cursor, EpochPlan, Layout
-from orchestrator.data.preprocess import (
+from orchestrator.data.partials import (
     Partial,
-    Preprocessing,
     assemble,
-    finish,
     fit_partial,
     reduce,
-    transform,
     tree_nodes,
 )
+from orchestrator.data.plan import Cursor, EpochPlan, Layout
+from orchestrator.data.preprocess import Preprocessing, finish, transform
 from orchestrator.errors import DataError, first_line
 
 _OPEN_FILES = 8  # remote Parquet files kept open per reader

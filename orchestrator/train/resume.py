@@ -26,7 +26,8 @@ import pyarrow.fs
 import torch.distributed as dist
 
 from orchestrator.data.index import DatasetIndex
-from orchestrator.data.preprocess import Preprocessing, assemble, finish
+from orchestrator.data.partials import assemble
+from orchestrator.data.preprocess import Preprocessing, finish
 from orchestrator.data.reader import fit_nodes
 from orchestrator.errors import CheckpointError, DataError
 from orchestrator.train import checkpoint

@@ -17,13 +17,8 @@ import pytest
 
 from orchestrator.data import summaries
 from orchestrator.data.columns import plan_columns
-from orchestrator.data.preprocess import (
-    Partial,
-    Preprocessing,
-    combine,
-    fit_partial,
-    transform,
-)
+from orchestrator.data.partials import Partial, fit_partial
+from orchestrator.data.preprocess import Preprocessing, combine, transform
 from orchestrator.data.summaries import stable_hash
 from orchestrator.data.transforms import KNOTS, VALUE_BOUND
 from orchestrator.errors import DataError

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from orchestrator.data import plan, source
-from orchestrator.data.preprocess import assemble, finish
+from orchestrator.data.partials import assemble
+from orchestrator.data.preprocess import finish
 from orchestrator.data.reader import (
     EndOfEpoch,
     ShardReader,

@@ -125,6 +125,7 @@ _PARTIALS = {
 
 
 def require_columns(table: pa.Table, names: Sequence[str], doing: str) -> None:
+    """A DataError naming the columns of `names` that `table` lacks (what was `doing`, what it has)."""
     absent = [name for name in names if name not in table.column_names]
     if absent:
         raise DataError(f"{doing} needs column(s) {', '.join(map(repr, absent))}, which the table lacks "
@@ -145,11 +146,7 @@ def fit_partial(plans: Sequence[ColumnPlan], table: pa.Table) -> Partial:
     )
 
 
-# ---- the merge tree: partials of row groups [lo, hi) ------------------------------------------
-# A fixed binary tree over the row groups [0, n): node [lo, hi) merges [lo, mid) and [mid, hi),
-# mid = (lo + hi) // 2. Every node is a function of its row groups alone, so a rank may compute
-# the nodes inside its own range and the others the rest: the root is the same bits at any world
-# size, and no rank ever holds more than O(log n) partials of its own.
+# ---- the merge tree (see the module doc): partials of row groups [lo, hi) -----------------------
 
 def tree_nodes(n: int, lo: int, hi: int) -> list[tuple[int, int]]:
     """The largest nodes of the merge tree over [0, n) that lie inside [lo, hi), left to right."""

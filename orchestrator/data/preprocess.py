@@ -147,10 +147,6 @@ def _combine_datetime(plan: ColumnPlan, parts: Sequence[NumericPartial], problem
 def _combine_vector(plan: ColumnPlan, parts: Sequence[VectorPartial], problems: list[str]) -> Any:
     lengths = sorted({part.length for part in parts if part.length is not None})
     missing = sum(part.missing for part in parts)
-    if len(lengths) > 1:
-        problems.append(f"vector column '{plan.name}' has rows of {lengths[0]} and of {lengths[1]} values in "
-                        "the training rows: every row needs one length (or leave it out with data.exclude)")
-        return None
     if not lengths:
         problems.append(_all_missing(plan, missing))
         return None
@@ -221,8 +217,8 @@ def combine(plans: Sequence[ColumnPlan], partials: Sequence[Partial]) -> Preproc
     """The fitted preprocessing from every training row group's partial, given in global
     row-group order, merged along the fixed tree (`reduce`): the same partials give the same
     bits, however many workers computed them. One DataError lists every column that cannot be
-    fitted (no value in the training rows, vectors of several lengths, one class only,
-    overflowing values)."""
+    fitted (no value in the training rows, one class only, overflowing values); vectors of two
+    lengths, or a vocabulary past its bound, are refused as the partials merge (`partials.merge`)."""
     if not partials:
         raise DataError("no training rows to fit the preprocessing on: every row group is empty or held out "
                         "for validation")

@@ -2,7 +2,8 @@
 
 Owns the live display on the driver: on a terminal, a progress bar of the
 epoch with step, loss, samples/s and ETA, rewritten in place; elsewhere (CI,
-`ray job logs`) a plain line every PLAIN_PROGRESS_INTERVAL_S. Epoch ends,
+`ray job logs`) a plain line every PLAIN_PROGRESS_INTERVAL_S. A tree model
+prints a line every train.log_every_n_steps boosting rounds. Epoch ends,
 restarts (with their cause), resumes, early stopping and warnings are one
 permanent line each. It only formats records; it knows nothing of training.
 """
@@ -65,15 +66,26 @@ class ProgressPrinter:
         self.cause = None
 
     def _on_epoch(self, r: dict) -> None:
-        total = f"/{self.job.train.epochs}" if self.job.train.epochs else ""
-        partial = "" if r["complete"] else " (partial)"
         metrics = format_metrics("train", r["train"]) + format_metrics("val", r["validation"])
         skipped = f"  ({self.null_labels:,} rows without a label skipped)" if self.null_labels else ""
+        if self.job.model.trees:  # an EPOCH record per boosting round: a line every log_every_n_steps rounds
+            rounds, every = self.job.model.rounds, self.job.train.log_every_n_steps
+            stopping = r.get("stopping") or {}
+            if r["step"] % every and r["step"] != rounds and stopping.get("stopped_at_step") is None:
+                return
+            self._line(f"round {r['step']}/{rounds}  {metrics}{r['samples_per_s']:,.0f} rows/s{skipped}")
+            return
+        total = f"/{self.job.train.epochs}" if self.job.train.epochs else ""
+        partial = "" if r["complete"] else " (partial)"
         self._line(f"epoch {r['epoch'] + 1}{total}{partial}  step {r['step']}  {metrics}"
                    f"{r['samples_per_s']:,.0f} samples/s{skipped}")
 
     def _on_stopped_early(self, r: dict) -> None:
         spec = self.job.early_stopping
+        if self.job.model.trees:
+            self._line(f"early stopping after round {r['step']}: {spec.metric} has not improved for "
+                       f"{spec.patience} round(s); best {r['best_value']:.4g} at round {r['best_step']}")
+            return
         self._line(f"early stopping after epoch {r['epoch'] + 1} (step {r['step']}): "
                    f"{spec.metric} has not improved for {spec.patience} epoch(s); best {r['best_value']:.4g} "
                    f"at epoch {r['best_epoch'] + 1} (step {r['best_step']})")

@@ -139,6 +139,20 @@ def _with_indicator(values: np.ndarray, missing: np.ndarray | None, fitted_missi
     return np.column_stack([values, indicator])
 
 
+def cycle_positions(s: np.ndarray, parts: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Each part's position in its cycle for finite UTC epoch seconds `s`: month 0-11, weekday
+    0-6 (Monday 0), hour 0-23, as float64."""
+    s = np.floor(s)
+    days = np.floor(s / 86400.0)
+    position = {
+        "month": lambda: (s.astype(np.int64).astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
+                          % 12).astype(np.float64),
+        "weekday": lambda: (days + 3) % 7,  # 1970-01-01 was a Thursday; Monday is 0
+        "hour": lambda: np.floor((s - days * 86400.0) / 3600.0),
+    }
+    return {part: position[part]() for part in parts}
+
+
 # ---- the fitted state of one column -------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -230,12 +244,7 @@ class DatetimeStats:
         s = seconds(column)
         missing = ~np.isfinite(s)
         s = np.floor(np.where(missing, 0.0, s))
-        days = np.floor(s / 86400.0)
-        position = {
-            "month": s.astype(np.int64).astype("datetime64[s]").astype("datetime64[M]").astype(np.int64) % 12,
-            "weekday": (days + 3) % 7,  # 1970-01-01 was a Thursday; Monday is 0
-            "hour": np.floor((s - days * 86400.0) / 3600.0),
-        }
+        position = cycle_positions(s, self.parts)
         angles = [2 * np.pi * position[part] / _CYCLES[part] for part in self.parts]
         cycles = [np.where(missing, 0.0, f(angle)) for angle in angles for f in (np.sin, np.cos)]
         return np.column_stack([self.seconds.encode(np.where(missing, math.nan, s)), *cycles])

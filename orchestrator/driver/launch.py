@@ -57,9 +57,11 @@ class PreparedJob:
         return storage.join(self.job.storage, self.job.name)
 
 
-def prepare(job: JobSpec) -> PreparedJob:
+def prepare(job: JobSpec, *, generate: bool = True) -> PreparedJob:
     """Resolve paths and check the data against the job, reading only Parquet footers.
 
+    When `data.path` holds no files, the dataset `data.generate` describes is
+    written there first, unless `generate` is False (then nothing is written).
     Raises DataError / SpecError naming the file, column or key at fault.
     """
     validation = job.data.validation
@@ -70,7 +72,7 @@ def prepare(job: JobSpec) -> PreparedJob:
         data=dataclasses.replace(job.data, path=storage.absolute(job.data.path), validation=validation),
         storage=storage.absolute(job.storage),
     )
-    if job.data.generate is not None:
+    if generate and job.data.generate is not None:
         _generate_if_missing(job.data.path, job.data.generate)
     classification = job.loss.name in CLASSIFICATION_LOSSES
     index = source.scan(job.data.path, job.data.label, job.data.features, exclude=job.data.exclude,
@@ -84,8 +86,69 @@ def prepare(job: JobSpec) -> PreparedJob:
     if isinstance(validation, str):
         validation_index = source.scan(validation, job.data.label, index.features, overrides=job.data.columns,
                                        classification=classification)
+    if job.model.trees:
+        _check_trees(job, index)
+        return PreparedJob(job, index, validation_index, 0, 0)
     first_epoch = plan.Layout.for_job(job).plan(index, epoch=0)
     return PreparedJob(job, index, validation_index, first_epoch.batches, first_epoch.dropped)
+
+
+def _check_trees(job: JobSpec, index: DatasetIndex) -> None:
+    """Refuse a tree job its library cannot run: options it does not know, or more workers than row groups."""
+    from orchestrator.train import boosters
+
+    problems = boosters.library(job.model.kind).check_options(job.model.options, job.loss.name)
+    if problems:
+        raise SpecError(problems)
+    groups, workers = len(index.row_groups), job.scaling.max_workers
+    if workers > groups:
+        raise DataError(f"{index.url} has {groups} row group(s), fewer than scaling.workers ({workers}): each worker "
+                        f"of a {job.model.kind} model trains on whole row groups. Use at most {groups} worker(s), "
+                        "or write the data with more, smaller row groups.")
+
+
+def _check_tree_memory(prepared: PreparedJob) -> None:
+    """Refuse, before any worker starts, a tree job whose matrices cannot fit in its workers' memory.
+
+    The budget of a worker is Ray's `memory` resource (what its nodes offer to
+    tasks and actors) divided evenly among the workers.
+    """
+    import ray
+
+    from orchestrator.data import matrix
+    from orchestrator.train.boosting import PROBE_ROWS
+
+    job, index = prepared.job, prepared.index
+    holdout = job.data.validation if isinstance(job.data.validation, float) else 0.0
+    validation_rows = (prepared.validation_index.num_rows if prepared.validation_index
+                       else sum(plan.holdout_count(rg.num_rows, holdout) for rg in index.row_groups))
+    probe = min(PROBE_ROWS, index.num_rows)
+    workers = job.scaling.max_workers
+    need = matrix.bytes_per_worker(index, holdout, workers, validation_rows, probe)
+    total = ray.cluster_resources().get("memory", 0.0)
+    budget = total / workers
+    if not total or need <= budget:
+        return
+    largest = max(cluster_node.get("memory", 0.0) for cluster_node in _node_resources()) or budget
+    enough = next((w for w in range(workers, 4097)
+                   if matrix.bytes_per_worker(index, holdout, w, validation_rows, probe) <= largest), None)
+    gib = 1 << 30
+    advice = (f"It needs at least {enough} workers, each on a node offering {largest / gib:.1f} GiB"
+              if enough and enough <= len(index.row_groups) else
+              "Even one worker per node does not fit the rows every worker holds")
+    raise LaunchError(
+        f"{job.model.kind}: each of {workers} worker(s) would hold about {need / gib:.2f} GiB (its share of the "
+        f"{index.num_rows:,} rows × {matrix.planned_width(index.columns)} columns as float32 and binned, plus the "
+        f"{validation_rows:,} validation rows and {probe:,}-row train probe every worker holds), but the "
+        f"cluster offers {total / gib:.2f} GiB of memory, {budget / gib:.2f} GiB a worker. {advice}; or select "
+        "fewer columns (data.features) or hold out fewer validation rows."
+    )
+
+
+def _node_resources() -> list[dict]:
+    import ray
+
+    return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
 
 
 def _generate_if_missing(path: str, generate) -> None:
@@ -144,6 +207,8 @@ def run(
     try:
         _check_resources(prepared.job)
         _check_storage(prepared.job)
+        if prepared.job.model.trees:
+            _check_tree_memory(prepared)
         # On the driver's node: losing a worker node must not lose the run's progress board.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         board = ray.remote(RunBoard).options(num_cpus=0, scheduling_strategy=here).remote()
@@ -209,6 +274,10 @@ def _fit(prepared: PreparedJob, board, on_record, audit_samples: bool) -> tuple[
     if "error" in outcome:
         return records, _explain_failure(outcome["error"], prepared.job)
     digests = {r["weights_sha256"] for r in records if r["kind"] == Kind.FINAL}
+    if len(digests) > 1 and prepared.job.model.trees:
+        return records, TrainingError(
+            f"the workers finished with different {prepared.job.model.kind} trees: the group's collective did "
+            "not keep them in step, so the run is not trustworthy. Run with -v to see the workers' logs.")
     if len(digests) > 1:
         return records, TrainingError(
             "the workers finished with different weights (DDP replicas diverged); the run is not "
@@ -218,16 +287,27 @@ def _fit(prepared: PreparedJob, board, on_record, audit_samples: bool) -> tuple[
 
 
 def _trainer(prepared: PreparedJob, board, audit_samples: bool):
+    """Ray Train's trainer for the job's model: TorchTrainer for networks, XGBoostTrainer or
+    LightGBMTrainer for trees, with the same config, scaling, storage, failure and checkpoint settings."""
     import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from orchestrator.train import loop
 
     job = prepared.job
+    if job.model.kind == "xgboost":
+        from ray.train.xgboost import XGBoostTrainer as Trainer
+
+        from orchestrator.train.boosting import train
+    elif job.model.kind == "lightgbm":
+        from ray.train.lightgbm import LightGBMTrainer as Trainer
+
+        from orchestrator.train.boosting import train
+    else:
+        from ray.train.torch import TorchTrainer as Trainer
+
+        from orchestrator.train.loop import train
     fs, run_root = storage.arrow_filesystem(job.storage)
     workers = job.scaling.workers if isinstance(job.scaling.workers, int) else tuple(job.scaling.workers)
-    return TorchTrainer(
-        loop.train,
+    return Trainer(
+        train,
         train_loop_config={
             "job": job.to_dict(),
             "index": prepared.index,

@@ -3,11 +3,12 @@
 Owns the folder's lifecycle and file names. At the start: create it, or find
 that the run already finished, or resume from its newest complete checkpoint
 (refusing a job whose training settings changed), or delete it for `--fresh`.
-At the end: prune checkpoints and export `model.pt` and `metrics.parquet`
+At the end: prune checkpoints and export the model file and `metrics.parquet`
 from storage. Checkpoint contents belong to `train.checkpoint`; summaries and
 run.json's content to `track.summary` and `track.metadata`.
 
-    model.pt          the final (or, with early stopping, the best) weights
+    model.pt          the final (or, with early stopping, the best) weights; a tree model's
+                      booster instead, in its library's file: model.ubj (XGBoost), model.txt (LightGBM)
     metrics.parquet   the metric history (track.history.HISTORY_SCHEMA)
     summary.json      track.summary.RunSummary
     run.json          job, versions, world sizes, restarts (track.metadata.run_metadata)
@@ -76,7 +77,7 @@ def open_run(
 
 
 def finish(fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, job: JobSpec, summary: RunSummary) -> None:
-    """After a successful run: prune checkpoints; export model.pt and metrics.parquet into the folder."""
+    """After a successful run: prune checkpoints; export the model file and metrics.parquet into the folder."""
     # Ray Train prunes what it registered; this also removes checkpoints it never
     # registered and uploads cut short, so exactly the newest `keep` complete ones
     # stay. Never after a failure: Ray's snapshot must still find what it lists.
@@ -92,8 +93,9 @@ def finish(fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, job: JobSpec,
     exported = name
     if job.early_stopping and job.early_stopping.export == "best":
         exported = checkpoint.newest_best(fs, run_path) or name
-    fs.copy_file(f"{run_path}/{exported}/{MODEL_FILE}", f"{run_path}/{MODEL_FILE}")
-    summary.model = storage.join(run_url, MODEL_FILE)
+    model_file = checkpoint.model_file(manifest)  # model.pt, or a tree model's own file
+    fs.copy_file(f"{run_path}/{exported}/{model_file}", f"{run_path}/{model_file}")
+    summary.model = storage.join(run_url, model_file)
     if exported != name:  # model.pt holds the best epoch's weights
         summary.best = {**(summary.best or {}), "checkpoint": storage.join(run_url, exported)}
 

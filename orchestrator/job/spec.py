@@ -44,6 +44,7 @@ from orchestrator.job.fields import (
     choice,
     describe,
     ranged,
+    schema_default,
 )
 
 __all__ = [
@@ -52,7 +53,11 @@ __all__ = [
     "resolve_lanes", "CLASSIFICATION_LOSSES", "EARLY_STOPPING_METRICS", "MAXIMIZED_METRICS",
 ]
 
-BUILTIN_MODELS = ("linear", "logistic", "mlp", "tabm")
+TREE_MODELS = ("xgboost", "lightgbm")  # gradient-boosted trees (train.boosting), not torch networks
+BUILTIN_MODELS = ("linear", "logistic", "mlp", "tabm", *TREE_MODELS)
+TREE_LOSSES = ("mse", "l1", "bce", "cross_entropy")  # the losses both tree libraries implement exactly
+# What a tree job may set in `train`; everything else there (and optim, schedule) is about gradient steps.
+TREE_TRAIN_KEYS = ("seed", "log_every_n_steps")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "sigmoid")
 LOSSES = ("mse", "l1", "huber", "cross_entropy", "bce")
 CLASSIFICATION_LOSSES = ("cross_entropy", "bce")  # the losses whose labels are classes
@@ -109,16 +114,23 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which network to build; `kind` is a built-in or a user's "module.path:function"."""
+    """Which model to train: a network (a built-in or a user's "module.path:function") or
+    gradient-boosted trees (xgboost | lightgbm)."""
 
-    kind: str  # linear | logistic | mlp | tabm | "jobs.my_model:build"
+    kind: str  # linear | logistic | mlp | tabm | xgboost | lightgbm | "jobs.my_model:build"
     hidden: tuple[int, ...] = (64, 64)  # hidden layer widths (mlp)
     activation: str = "relu"  # relu | gelu | tanh | silu | sigmoid
     dropout: float = 0.0  # dropout probability after each hidden layer, in [0, 1)
     outputs: int | None = None  # output width; None = inferred from the data
     # keyword arguments for a user builder; for tabm, TabM's own (k, d_block, n_blocks, dropout) and
-    # numeric_embedding (periodic | none)
+    # numeric_embedding (periodic | none); for xgboost and lightgbm, the booster's parameters, unchanged
     options: dict = field(default_factory=dict)
+    rounds: int | None = None  # boosting rounds (trees only, required there)
+
+    @property
+    def trees(self) -> bool:
+        """True for gradient-boosted trees, False for a torch network."""
+        return self.kind in TREE_MODELS
 
 
 @dataclass(frozen=True)
@@ -157,7 +169,7 @@ class ScheduleSpec:
 class TrainSpec:
     """The optimization loop: how long, how big, how precise."""
 
-    batch_size: int  # global batch: rows per optimizer step across all workers
+    batch_size: int | None = None  # global batch: rows per optimizer step across all workers (networks: required)
     epochs: int | None = None  # passes over the data; with max_steps, the first reached stops
     max_steps: int | None = None  # optimizer steps in total
     seed: int = 0  # seeds data order, initialization and dropout
@@ -354,12 +366,13 @@ def _as_options(value: Any) -> dict:
 
 def _model(f: Fields) -> ModelSpec:
     return ModelSpec(
-        kind=f.value("kind", convert=_as_kind, why="linear, logistic, mlp or 'module.path:function'"),
+        kind=f.value("kind", convert=_as_kind, why=f"{', '.join(BUILTIN_MODELS)} or 'module.path:function'"),
         hidden=f.int_list("hidden", min=1),
         activation=f.choice("activation", allowed=ACTIVATIONS, noun="activation"),
         dropout=f.float("dropout", min=0, below=1),
         outputs=f.int("outputs", min=1),
         options=f.value("options", convert=_as_options),
+        rounds=f.int("rounds", min=1),
     )
 
 
@@ -507,10 +520,59 @@ def _as_name(value: Any) -> str:
     return value
 
 
+_NETWORK_ONLY = {
+    "optim": "the optimizer", "schedule": "the learning-rate schedule",
+    "model.hidden": "layer widths", "model.activation": "the activation", "model.dropout": "dropout",
+    "model.outputs": "the output width",
+}
+
+
+def _set_keys(raw: Any, schema: type) -> list[str]:
+    """The keys of section `raw` set to something other than `schema`'s default (a resolved job
+    file holds every key, at its default where the user set nothing)."""
+    if not isinstance(raw, Mapping):
+        return [] if raw is None else [""]
+    declared = {f.name for f in dataclasses.fields(schema)}
+    return [key for key in raw if key not in declared or _plain(raw[key]) != _plain(schema_default(schema, key))]
+
+
+def _check_tree_job(raw: Mapping, p: dict[str, Any], r: Report) -> None:
+    """A tree job (model.kind xgboost | lightgbm) sets model.rounds and nothing about gradient steps."""
+    model, loss = p["model"], p["loss"]
+    kind = raw["model"]["kind"]
+    why = (f"model.kind {kind} grows one tree per boosting round on each worker's whole shard, with no "
+           "batches, optimizer or learning-rate schedule")
+    given = {"optim": bool(_set_keys(raw.get("optim"), OptimSpec)),
+             "schedule": bool(_set_keys(raw.get("schedule"), ScheduleSpec)),
+             **{f"model.{key}": True for key in _set_keys(raw["model"], ModelSpec)}}
+    for key, what in _NETWORK_ONLY.items():
+        if given.get(key):
+            r.add(key, f"{what} of a network: {why}; set the booster's own parameters in model.options")
+    for name in _set_keys(raw.get("train"), TrainSpec):
+        if name not in TREE_TRAIN_KEYS:
+            r.add(f"train.{name}", f"not used by tree models: {why}. model.rounds sets how long it trains; "
+                                   f"train allows only {', '.join(TREE_TRAIN_KEYS)} here")
+    if model and model.rounds is None and r.ok("model.rounds"):
+        r.add("model.rounds", f"required for model.kind {kind}: how many boosting rounds to train")
+    if loss and r.ok("loss.name") and loss.name not in TREE_LOSSES:
+        r.add("loss.name", f"'{loss.name}' has no exact counterpart in both tree libraries; "
+                           f"tree models train with {', '.join(TREE_LOSSES)}")
+    if "label_smoothing" in _set_keys(raw.get("loss"), LossSpec):
+        r.add("loss.label_smoothing", "not available for tree models")
+
+
 def _check_across(p: dict[str, Any], r: Report) -> None:
     """Rules that span sections; each runs only when the fields it reads are valid."""
     data, model, loss, train, scaling, failure = (
         p[key] for key in ("data", "model", "loss", "train", "scaling", "failure"))
+    trees = model is not None and r.ok("model.kind") and model.trees
+    if model and not trees and r.ok("model.rounds") and model.rounds is not None:
+        r.add("model.rounds", f"boosting rounds are for tree models ({', '.join(TREE_MODELS)}); "
+                              f"model.kind {model.kind} is a network, which trains for train.epochs or train.max_steps")
+    if trees:
+        train = None  # its batch and step rules are about networks
+    elif train and r.ok("train.batch_size") and train.batch_size is None:
+        r.add("train.batch_size", "required (the global batch size across all workers)")
     if train and r.ok("train.epochs", "train.max_steps") and train.epochs is None and train.max_steps is None:
         r.add("train.epochs", "required: set train.epochs, train.max_steps or both (the first reached stops)")
     if model and loss and r.ok("model.kind", "loss.name"):
@@ -561,14 +623,19 @@ def _build(raw: Mapping, report: Report, default_name: str | None) -> JobSpec | 
     if "name" not in raw and default_name is not None and not _RUN_NAME.fullmatch(default_name):
         top.add("name", f"required: the file name '{default_name}' cannot stand in, as a run name must start "
                         "with a letter or digit and hold only letters, digits, '.', '_' and '-'")
+    model = raw.get("model")
+    trees = isinstance(model, Mapping) and model.get("kind") in TREE_MODELS
     parts = {}
     for key, (build, schema, required, why, shorthand) in _SECTIONS.items():
+        required = required and not (trees and key == "train")  # a tree job trains in rounds, not batches
         section = top.section(key, required=required, why=why, shorthand=shorthand, schema=schema)
         parts[key] = build(section) if section is not None else None
         if section is not None:
             section.finish()
     storage = top.str("storage")
     top.finish()
+    if trees:
+        _check_tree_job(raw, parts, report)
     _check_across(parts, report)
     if report.problems:
         return None

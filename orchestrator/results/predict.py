@@ -24,7 +24,7 @@ The features are the columns the run was trained on (its resolved
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -35,12 +35,13 @@ from torch import nn
 
 from orchestrator import storage
 from orchestrator.data import source
+from orchestrator.data.matrix import tree_matrix
 from orchestrator.data.preprocess import Preprocessing, transform
-from orchestrator.data.reader import validation_batches
+from orchestrator.data.reader import RowGroupSource, validation_batches
 from orchestrator.driver.runfolder import RUN_FILE
 from orchestrator.errors import CheckpointError, DataError, ReportError, first_line
 from orchestrator.job import spec
-from orchestrator.train import checkpoint, models
+from orchestrator.train import boosters, checkpoint, models
 from orchestrator.train.metrics import Accumulator
 
 DEFAULT_BATCH_ROWS = 65_536
@@ -51,10 +52,28 @@ class TrainedModel:
     """A run's weights, the job that defines their architecture and the preprocessing they were trained with."""
 
     run_url: str
-    weights: str  # where the weights came from (model.pt or a checkpoint directory)
+    weights: str  # where the weights came from (the model file or a checkpoint directory)
     job: spec.JobSpec
-    state: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor] | bytes  # a network's state_dict, or a tree model's booster file
     preprocessing: Preprocessing
+
+    def outputs_of(self) -> Callable[[pa.Table], torch.Tensor]:
+        """A function from a table of raw feature columns to the model's outputs, as a network of
+        this job outputs them (regression standardized, classification logits)."""
+        if self.job.model.trees:
+            library = boosters.library(self.job.model.kind)
+            booster = library.load(self.state)
+            label = self.preprocessing.label
+            return lambda table: boosters.network_outputs(
+                library.margins(booster, tree_matrix(self.preprocessing, table).features), label)
+        net = self.build()
+
+        def forward(table: pa.Table) -> torch.Tensor:
+            encoded = transform(self.preprocessing, table)
+            with torch.inference_mode():
+                return net(torch.from_numpy(encoded.numeric), torch.from_numpy(encoded.codes))
+
+        return forward
 
     @property
     def outputs(self) -> int:
@@ -86,38 +105,49 @@ def load(run_url: str, checkpoint_name: str | None = None) -> TrainedModel:
     fs, run_path = storage.arrow_filesystem(run_url)
     if checkpoint_name:
         where = f"{run_path}/{checkpoint_name.strip('/')}"
-        if checkpoint.peek(fs, where) is None:
+        manifest = checkpoint.peek(fs, where)
+        if manifest is None:
             raise CheckpointError(
                 f"No complete checkpoint {checkpoint_name!r} in the run at {run_url!r}; "
                 f"complete ones: {', '.join(_complete(fs, run_path)) or 'none'}."
             )
+        job = _job(checkpoint.read_job(fs, where), where)
+        name = checkpoint.model_file(manifest)
         with checkpoint.local_copy(fs, where) as directory:
             checkpoint.verify(directory)
-            with open(f"{directory}/{checkpoint.MODEL_FILE}", "rb") as f:
-                state = checkpoint.load_tensors(f.read(), f"{where}/{checkpoint.MODEL_FILE}")
-        job = checkpoint.read_job(fs, where)
-        return TrainedModel(run_url, storage.join(run_url, checkpoint_name), _job(job, where), state,
+            with open(f"{directory}/{name}", "rb") as f:
+                state = _model_state(job, f.read(), f"{where}/{name}")
+        return TrainedModel(run_url, storage.join(run_url, checkpoint_name), job, state,
                             _preprocessing(fs, where, run_url))
-    model_path = f"{run_path}/{checkpoint.MODEL_FILE}"
+    job = _run_job(fs, run_path, run_url)
+    name = boosters.library(job.model.kind).model_file if job.model.trees else checkpoint.MODEL_FILE
+    model_path = f"{run_path}/{name}"
     try:
         with fs.open_input_stream(model_path) as f:
-            state = checkpoint.load_tensors(f.read(), model_path)
+            state = _model_state(job, f.read(), model_path)
     except FileNotFoundError:
         raise CheckpointError(
-            f"The run at {run_url!r} has no {checkpoint.MODEL_FILE} (it is written when a run finishes). "
+            f"The run at {run_url!r} has no {name} (it is written when a run finishes). "
             f"Pass --checkpoint with one of its complete checkpoints: {', '.join(_complete(fs, run_path)) or 'none'}."
         ) from None
-    pre = _preprocessing(fs, run_path, run_url)
+    return TrainedModel(run_url, storage.join(run_url, name), job, state, _preprocessing(fs, run_path, run_url))
+
+
+def _run_job(fs: pyarrow.fs.FileSystem, run_path: str, run_url: str) -> spec.JobSpec:
+    """The run's resolved job: from run.json, else from its newest complete checkpoint."""
     meta = storage.read_json(fs, f"{run_path}/{RUN_FILE}")
     if meta and meta.get("job"):
-        return TrainedModel(run_url, storage.join(run_url, checkpoint.MODEL_FILE), _job(meta["job"], RUN_FILE), state,
-                            pre)
+        return _job(meta["job"], RUN_FILE)
     complete = _complete(fs, run_path)
     if not complete:
-        raise ReportError(f"The run at {run_url!r} has model.pt but neither {RUN_FILE} nor a checkpoint "
-                          "holding its job, so its architecture is unknown.")
-    job = checkpoint.read_job(fs, f"{run_path}/{complete[0]}")
-    return TrainedModel(run_url, storage.join(run_url, checkpoint.MODEL_FILE), _job(job, complete[0]), state, pre)
+        raise ReportError(f"The run at {run_url!r} has neither {RUN_FILE} nor a complete checkpoint "
+                          "holding its job, so its model is unknown.")
+    return _job(checkpoint.read_job(fs, f"{run_path}/{complete[0]}"), complete[0])
+
+
+def _model_state(job: spec.JobSpec, data: bytes, where: str) -> dict[str, torch.Tensor] | bytes:
+    """A network's state_dict (loaded as plain tensors), or a tree model's booster file as it is."""
+    return data if job.model.trees else checkpoint.load_tensors(data, where)
 
 
 def predict(run_url: str, data_url: str, out_url: str, *, checkpoint_name: str | None = None,
@@ -125,17 +155,14 @@ def predict(run_url: str, data_url: str, out_url: str, *, checkpoint_name: str |
     """Write one prediction per row of the Parquet at `data_url` to the Parquet file `out_url`; returns the rows."""
     trained = load(run_url, checkpoint_name)
     data_url = storage.absolute(data_url)
-    net = trained.build()
+    outputs_of = trained.outputs_of()
     fs, out_path = storage.arrow_filesystem(storage.absolute(out_url))
     if "/" in out_path.rstrip("/"):
         fs.create_dir(out_path.rsplit("/", 1)[0], recursive=True)
     rows, writer = 0, None
     try:
         for table in _raw_batches(data_url, trained.preprocessing, batch_rows):
-            encoded = transform(trained.preprocessing, table)
-            with torch.inference_mode():
-                outputs = net(torch.from_numpy(encoded.numeric), torch.from_numpy(encoded.codes))
-            predictions = _prediction_table(trained, outputs, rows)
+            predictions = _prediction_table(trained, outputs_of(table), rows)
             if writer is None:
                 writer = pq.ParquetWriter(fs.open_output_stream(out_path), predictions.schema)
             writer.write_table(predictions)
@@ -163,18 +190,37 @@ def evaluate(run_url: str, data_url: str, *, checkpoint_name: str | None = None,
     classification = job.loss.name in spec.CLASSIFICATION_LOSSES
     index = source.scan(data_url, job.data.label, job.data.features, overrides=job.data.columns,
                         classification=classification)
-    net, label = trained.build(), trained.preprocessing.label
+    label = trained.preprocessing.label
     accumulator = Accumulator(job.loss, classes=len(label.classes) if classification else None,
                               target_scale=None if classification else (label.mean, label.std))
     loss, rows, unlabelled = models.summed_loss(job.loss, masked=True), 0, 0
-    with torch.inference_mode():
-        for batch in validation_batches(index, trained.preprocessing, world_size=1, rank=0, batch_rows=batch_rows,
-                                        holdout_fraction=None, label_dtype=models.label_dtype(job.loss)):
-            keep = models.labelled(batch.labels)
-            outputs, labels = net(batch.numeric[keep], batch.codes[keep]), batch.labels[keep]
-            accumulator.add(outputs, loss(outputs.float(), labels), labels)
-            rows, unlabelled = rows + int(keep.sum()), unlabelled + int((~keep).sum())
+    for outputs, labels in _labelled_outputs(trained, index, batch_rows):
+        keep = models.labelled(labels)
+        outputs, labels = outputs[keep], labels[keep]
+        accumulator.add(outputs, loss(outputs.float(), labels), labels)
+        rows, unlabelled = rows + int(keep.sum()), unlabelled + int((~keep).sum())
     return {"rows": rows, "unlabelled": unlabelled, **accumulator.result(torch.device("cpu"))}
+
+
+def _labelled_outputs(trained: TrainedModel, index, batch_rows: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(outputs, labels) of every row of `index`, as a network of the run's job outputs and reads them."""
+    job, pre = trained.job, trained.preprocessing
+    if not job.model.trees:
+        net = trained.build()
+        with torch.inference_mode():
+            for batch in validation_batches(index, pre, world_size=1, rank=0, batch_rows=batch_rows,
+                                            holdout_fraction=None, label_dtype=models.label_dtype(job.loss)):
+                yield net(batch.numeric, batch.codes), batch.labels
+        return
+    outputs_of, source = trained.outputs_of(), RowGroupSource(index, None)
+    try:
+        for position in range(len(index.row_groups)):
+            table = source.table(position, None)
+            matrix = tree_matrix(pre, table)
+            labels = boosters.network_labels(matrix.labels, pre.label, job.loss.name)
+            yield outputs_of(table), labels
+    finally:
+        source.close()
 
 
 def _preprocessing(fs: pyarrow.fs.FileSystem, path: str, run_url: str) -> Preprocessing:

@@ -6,7 +6,8 @@ fsspec filesystem, the text the CLI prints, and the PNG plots (matplotlib,
 Agg backend, an optional extra). It writes only `<run>/report/*.png` and the
 comparison PNG it is asked for.
 
-It never trains and never imports Ray or torch; what a run folder holds is
+It never trains and never imports Ray; torch only to load a tree run's model for
+its feature importance (through `predict`). What a run folder holds is
 written by `driver.launch` and `track`. Every field beyond the basics is read with
 `.get()`, so runs written before a field existed still report.
 """
@@ -27,10 +28,12 @@ import pyarrow.parquet as pq
 from orchestrator import storage
 from orchestrator.driver.runfolder import HISTORY_FILE, RUN_FILE, SUMMARY_FILE
 from orchestrator.errors import ReportError
+from orchestrator.job.spec import TREE_MODELS
 from orchestrator.progress import duration
 from orchestrator.track.summary import fit_diagnosis
 
 REPORT_DIR = "report"
+IMPORTANCE_SHOWN = 25  # features in a tree run's importance plot, the largest total gain first
 # The validation metrics besides the loss (train.metrics), the headline score of each task first.
 VALIDATION_SCORES = ("val/auc", "val/accuracy", "val/f1", "val/log_loss", "val/r2", "val/rmse", "val/mae")
 
@@ -187,8 +190,9 @@ def runs_table(runs: list[Run]) -> str:
 def describe(run: Run) -> str:
     """The `orchestrator report` text: outcome, final metrics, fit signal, early stopping, restarts."""
     summary, meta = run.summary or {}, run.meta or {}
-    lines = [f"run {run.name} ({run.url}): {run.status}, {steps(run)} steps, "
-             f"{summary.get('epochs_completed', '?')} epoch(s), {duration(duration_s(run))}, "
+    progress = (f"{steps(run)} boosting rounds" if _is_trees(run) else
+                f"{steps(run)} steps, {summary.get('epochs_completed', '?')} epoch(s)")
+    lines = [f"run {run.name} ({run.url}): {run.status}, {progress}, {duration(duration_s(run))}, "
              f"{world_size(run)} worker(s)"]
     final = _final_metrics(run)
     if final:
@@ -296,7 +300,35 @@ def report_figures(run: Run) -> dict[str, Any]:
     axes[0, 0].set_title(f"{run.name}: metrics")
     fig.tight_layout()
     figures["metrics.png"] = fig
+    importance = feature_importance(run)
+    if importance:
+        top = sorted(importance.items(), key=lambda item: item[1], reverse=True)[:IMPORTANCE_SHOWN][::-1]
+        fig, ax = plt.subplots(figsize=(9, 0.3 * len(top) + 1.5))
+        ax.barh([name for name, _ in top], [gain for _, gain in top])
+        ax.set_title(f"{run.name}: feature importance (total gain of each feature's splits)")
+        ax.set_xlabel("total gain")
+        fig.tight_layout()
+        figures["importance.png"] = fig
     return figures
+
+
+def feature_importance(run: Run) -> dict[str, float] | None:
+    """A tree run's total gain per feature column (as the tree model reads them), from its final
+    model; None for a network or a run without a model file yet."""
+    job = (run.meta or {}).get("job") or {}
+    if (job.get("model") or {}).get("kind") not in TREE_MODELS:
+        return None
+    from orchestrator.data.matrix import tree_features
+    from orchestrator.errors import CheckpointError
+    from orchestrator.results import predict
+    from orchestrator.train import boosters
+
+    try:
+        trained = predict.load(run.url)
+    except CheckpointError:
+        return None
+    library = boosters.library(trained.job.model.kind)
+    return library.importance(library.load(trained.state), tree_features(trained.preprocessing))
 
 
 def compare_figure(a: Run, b: Run):
@@ -304,17 +336,24 @@ def compare_figure(a: Run, b: Run):
     plt = _pyplot()
     score = a.score_name() if a.score_name() == b.score_name() else None
     fig, axes = plt.subplots(1, 2 if score else 1, figsize=(14 if score else 9, 5), squeeze=False)
+    # A tree run counts boosting rounds, a network optimizer steps: side by side, each runs from 0 to 1.
+    mixed = _is_trees(a) != _is_trees(b)
+    xlabel = "share of the run (rounds for trees, steps for networks)" if mixed else "step"
     for run, label, color in zip((a, b), _labels(a, b), ("tab:blue", "tab:orange")):
-        _plot(axes[0, 0], run, "train/loss", label=f"{label} train/loss", color=color, linewidth=1, alpha=0.6)
-        _plot(axes[0, 0], run, "val/loss", label=f"{label} val/loss", color=color, marker="o", linestyle="--")
+        scale = 1 / max(steps(run), 1) if mixed else 1
+        train = "epoch/train_loss" if _is_trees(run) else "train/loss"
+        _plot(axes[0, 0], run, train, label=f"{label} {train}", color=color, linewidth=1, alpha=0.6, scale=scale)
+        _plot(axes[0, 0], run, "val/loss", label=f"{label} val/loss", color=color, linestyle="--", scale=scale,
+              marker=None if _is_trees(run) else "o")
         if score:
-            _plot(axes[0, 1], run, score, label=f"{label} {score}", color=color, marker="o")
+            _plot(axes[0, 1], run, score, label=f"{label} {score}", color=color, scale=scale,
+                  marker=None if _is_trees(run) else "o")
     axes[0, 0].set_title("loss")
-    axes[0, 0].set_xlabel("step")
+    axes[0, 0].set_xlabel(xlabel)
     axes[0, 0].legend(fontsize="small")
     if score:
         axes[0, 1].set_title(score)
-        axes[0, 1].set_xlabel("step")
+        axes[0, 1].set_xlabel(xlabel)
         axes[0, 1].legend(fontsize="small")
     fig.tight_layout()
     return fig
@@ -342,10 +381,14 @@ def save_png(fig, url: str) -> str:
     return url
 
 
-def _plot(ax, run: Run, name: str, label: str, **style) -> None:
+def _plot(ax, run: Run, name: str, label: str, scale: float = 1.0, **style) -> None:
     steps_, values = run.series(name)
     if steps_:
-        ax.plot(steps_, values, label=label, **style)
+        ax.plot([step * scale for step in steps_], values, label=label, **style)
+
+
+def _is_trees(run: Run) -> bool:
+    return ((run.meta or {}).get("job") or {}).get("model", {}).get("kind") in TREE_MODELS
 
 
 def _finish(ax, run: Run, title: str | None, ylabel: str) -> None:

@@ -96,16 +96,32 @@ def save(state: TrainState, directory: str) -> None:
         },
         os.path.join(directory, STATE_FILE),
     )
-    pyarrow.parquet.write_table(state.history, os.path.join(directory, HISTORY_FILE))
-    with open(os.path.join(directory, JOB_FILE), "w") as f:
-        json.dump(state.job, f, indent=2, sort_keys=True)
-    with open(os.path.join(directory, PREPROCESSING_FILE), "w") as f:
-        f.write(state.preprocessing)
-    names = (MODEL_FILE, STATE_FILE, HISTORY_FILE, JOB_FILE, PREPROCESSING_FILE)
+    write_common(directory, state.history, state.job, state.preprocessing)
+    write_manifest(directory, state.step, MODEL_FILE, (STATE_FILE,))
+
+
+def write_manifest(directory: str, step: int, model_file: str, state_files: tuple[str, ...]) -> None:
+    """Describe the checkpoint in `directory` (size and sha256 of its model file, `state_files` and
+    the common files): written last, it is what makes the checkpoint complete."""
+    names = (model_file, *state_files, HISTORY_FILE, JOB_FILE, PREPROCESSING_FILE)
     files = {name: _describe(os.path.join(directory, name)) for name in names}
-    manifest = {"format_version": FORMAT_VERSION, "step": state.step, "files": files}
+    manifest = {"format_version": FORMAT_VERSION, "step": step, "model_file": model_file, "files": files}
     with open(os.path.join(directory, MANIFEST_FILE), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
+
+
+def model_file(manifest: dict) -> str:
+    """The name of the model file in a checkpoint: model.pt for a network, the booster's own file for trees."""
+    return manifest.get("model_file", MODEL_FILE)
+
+
+def write_common(directory: str, history: pyarrow.Table, job: dict[str, Any], preprocessing: str) -> None:
+    """The files every checkpoint holds whatever its model: metric history, job and preprocessing."""
+    pyarrow.parquet.write_table(history, os.path.join(directory, HISTORY_FILE))
+    with open(os.path.join(directory, JOB_FILE), "w") as f:
+        json.dump(job, f, indent=2, sort_keys=True)
+    with open(os.path.join(directory, PREPROCESSING_FILE), "w") as f:
+        f.write(preprocessing)
 
 
 def verify(directory: str) -> dict:
@@ -159,6 +175,53 @@ def load(directory: str) -> TrainState:
         preprocessing=preprocessing,
         stopping=dict(state.get("stopping", {})),
     )
+
+
+TREE_STATE_FILE = "tree_state.json"
+
+
+@dataclass(frozen=True)
+class TreeState:
+    """Everything needed to continue a tree model's training exactly: the booster after `rounds`."""
+
+    model: bytes  # the booster in its library's own format
+    model_file: str  # its file name: model.ubj (XGBoost) | model.txt (LightGBM)
+    rounds: int  # boosting rounds trained
+    world_size: int  # of the group that wrote it
+    job: dict[str, Any]
+    history: pyarrow.Table
+    preprocessing: str
+    stopping: dict[str, Any] = field(default_factory=dict)
+
+
+def save_trees(state: TreeState, directory: str) -> None:
+    """Write a tree model's `state` into `directory` (existing, empty); the manifest goes last."""
+    with open(os.path.join(directory, state.model_file), "wb") as f:
+        f.write(state.model)
+    with open(os.path.join(directory, TREE_STATE_FILE), "w") as f:
+        json.dump({"rounds": state.rounds, "world_size": state.world_size, "stopping": state.stopping}, f)
+    write_common(directory, state.history, state.job, state.preprocessing)
+    write_manifest(directory, state.rounds, state.model_file, (TREE_STATE_FILE,))
+
+
+def load_trees(directory: str) -> TreeState:
+    """The verified tree state in `directory`; CheckpointError for an incomplete or corrupt one, or
+    one that holds a network."""
+    manifest = verify(directory)
+    name = model_file(manifest)
+    if TREE_STATE_FILE not in manifest["files"]:
+        raise CheckpointError(f"checkpoint {directory} holds a network ({name}), not a tree model")
+    with open(os.path.join(directory, name), "rb") as f:
+        model = f.read()
+    with open(os.path.join(directory, TREE_STATE_FILE)) as f:
+        state = json.load(f)
+    with open(os.path.join(directory, JOB_FILE)) as f:
+        job = json.load(f)
+    with open(os.path.join(directory, PREPROCESSING_FILE)) as f:
+        preprocessing = f.read()
+    return TreeState(model=model, model_file=name, rounds=int(state["rounds"]), world_size=int(state["world_size"]),
+                     job=job, history=pyarrow.parquet.read_table(os.path.join(directory, HISTORY_FILE)),
+                     preprocessing=preprocessing, stopping=dict(state.get("stopping", {})))
 
 
 _DIR_NAME = re.compile(r"^step-(\d{8,})$")

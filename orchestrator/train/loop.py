@@ -14,7 +14,7 @@ This is the only code that runs inside workers. It reads as an outline:
     at each epoch's end: validate (reduced across ranks), early
         stopping, and a checkpoint                                  (_end_epoch)
 
-Ray calls stay in `train()`, `_preempted()` and `_report()`. Collective calls
+Ray calls stay in `train()`, `_preempted()` and `reporting.report`. Collective calls
 (all-reduce, `ray.train.report`, `get_preemption_info`) are made by every
 rank at the same step, on decisions every rank computes identically
 (`policy.checkpoint_reason` on shared values), so no rank waits alone.
@@ -49,6 +49,7 @@ from orchestrator.train import (
     models,
     optim,
     policy,
+    reporting,
     resume,
     stopping,
 )
@@ -390,7 +391,8 @@ class _Worker:
         self.timer_due_step = policy.timer_due_step(self.job.checkpoint, self.step, 0.0, self.seconds_per_step)
         self.preempted = False
         directory = self._save_state() if self.rank == 0 else None
-        self._report(metrics, directory, best)
+        reporting.report(metrics, directory, step=self.step, samples=self.samples, uploader=self.uploader,
+                         post=self._post, best=best)
 
     def _save_state(self) -> str:
         """Write everything needed to continue exactly from here into a new local directory."""
@@ -409,44 +411,6 @@ class _Worker:
             stopping=self.stopping.to_dict(),
         ), directory)
         return directory
-
-    def _report(self, metrics: dict, directory: str | None, best: bool) -> None:
-        """Upload rank 0's `directory` with our uploader and report it through Ray Train.
-
-        With `best`, rank 0 also uploads it as best-<step>, a copy Ray Train's
-        retention never deletes, for early stopping's export of the best model.
-        """
-        # ASYNC on every rank: a SYNC report waits for the controller's next poll.
-        if directory is None:
-            ray.train.report(metrics, checkpoint=None, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
-            return
-        step, samples, name = self.step, self.samples, checkpoint.dir_name(self.step)
-        uploaded = self.uploader.submit(
-            directory, name, keep_local=best,
-            on_done=lambda: self._post(kind=Kind.CHECKPOINT, step=step, samples=samples, path=name),
-        )
-        if best:
-            best_name = checkpoint.best_dir_name(step)
-
-            def keep_only_this_best() -> None:
-                checkpoint.remove_bests_except(self.storage_fs, self.run_path, best_name)
-                self._post(kind=Kind.BEST, step=step, path=best_name)
-
-            self.uploader.submit(directory, best_name, on_done=keep_only_this_best)
-
-        def registered(_local: ray.train.Checkpoint, _name: str) -> ray.train.Checkpoint:
-            return ray.train.Checkpoint(uploaded.result(), self.storage_fs)
-
-        # Our uploader makes the checkpoint durable at once. Ray Train registers it
-        # when its controller next polls; its single upload thread only waits for ours.
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(directory),
-            checkpoint_dir_name=name,
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
-            checkpoint_upload_fn=registered,
-            delete_local_checkpoint_after_upload=False,
-        )
 
     # -- helpers ------------------------------------------------------------
 

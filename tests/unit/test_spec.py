@@ -111,8 +111,10 @@ def section_dataclasses(cls=spec.JobSpec, path=""):
 
 
 SECTIONS = dict(section_dataclasses())
+# train.batch_size defaults to None for tree models, which have no batches; networks must set it (tested below).
 OPTIONAL_FIELDS = [(path, field) for path, cls in SECTIONS.items() for field in dataclasses.fields(cls)
-                   if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING]
+                   if (field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING)
+                   and (path, field.name) != ("train", "batch_size")]
 # the value of each required field in `job_without`, by section path
 REQUIRED_VALUES = {
     "data": {"path": "data/*.parquet", "label": "y", "validation": 0.1},  # validation: for early_stopping's val_loss

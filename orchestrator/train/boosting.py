@@ -1,0 +1,302 @@
+"""The function every worker of a tree model's group runs: read, boost, validate, report.
+
+Run by Ray Train's XGBoostTrainer or LightGBMTrainer (their backends connect
+the group: XGBoost's collective all-reduces histograms, LightGBM runs
+data-parallel). It reads as an outline:
+
+    find where to start: the newest verified checkpoint (rank 0 chooses,
+        Ray Train's broadcast shares the choice), and the fitted
+        preprocessing, fitted along the same merge tree as for networks
+        with the nodes shared through the run folder            (resume)
+    read this rank's contiguous share of the training row groups into
+        one matrix (training rows with a label only), and on every rank
+        the validation rows and the train probe                 (_Booster.__init__)
+    boost the remaining rounds; after each round                (_after_round)
+        add the round's margins to the validation and probe margins
+        measure train (probe) and validation metrics, record the round
+        early stopping, with patience in rounds
+        a checkpoint when the policy says so (every_n_steps rounds, the last)
+    at the end: with early stopping's export: best, the booster cut at its
+        best round, as the best copy
+
+Every rank holds every validation row and the same probe, and so computes
+the same metrics and takes the same decisions with no communication: no rank
+ever waits alone in `ray.train.report`. The train metrics are measured on the
+probe: every training row when there are at most PROBE_ROWS of them, else
+PROBE_ROWS rows from row groups spread evenly over the data.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import numpy as np
+import ray.train
+import torch
+
+from orchestrator.data import plan as planning
+from orchestrator.data.index import DatasetIndex
+from orchestrator.data.matrix import TreeMatrix, tree_features, tree_matrix
+from orchestrator.data.reader import RowGroupSource
+from orchestrator.errors import DataError, OrchestratorError
+from orchestrator.job import spec
+from orchestrator.track.history import History
+from orchestrator.track.records import Kind
+from orchestrator.train import boosters, checkpoint, metrics, models, policy, reporting, resume, stopping
+
+PROBE_ROWS = 65_536  # training rows the train metrics are measured on, at most
+
+
+def train(config: dict) -> None:
+    """Train the tree model of the job in `config` on this rank (the same config as `loop.train`).
+
+    A mistake in the data or the job that every rank finds alike ends the run
+    without a retry, as that error.
+    """
+    job = spec.from_dict(config["job"])
+    board = config["board"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    try:
+        worker = _Booster(job, config["index"], config["validation_index"], board, rank, world)
+    except OrchestratorError as error:  # the data or the job at fault, found alike on every rank
+        if rank == 0:
+            board.post.remote({"kind": Kind.FATAL, "message": str(error), "error_class": type(error).__name__})
+        return
+    worker.run()
+
+
+def share(row_groups: int, world: int, rank: int) -> range:
+    """The positions of the row groups rank `rank` trains on: a contiguous share, as `fit_nodes` reads."""
+    return range(row_groups * rank // world, row_groups * (rank + 1) // world)
+
+
+def probe_rows(index: DatasetIndex, holdout_fraction: float, limit: int = PROBE_ROWS) -> list[tuple[int, np.ndarray]]:
+    """(position, local rows) of the train probe: every training row when there are at most `limit`,
+    else about `limit` rows — the first training rows of row groups spread evenly over the data."""
+    rows = [planning.train_rows(rg.first_row, rg.num_rows, holdout_fraction) for rg in index.row_groups]
+    total = sum(len(r) for r in rows)
+    if total <= limit:
+        return list(enumerate(rows))
+    groups = len(rows)
+    picked = np.unique(np.linspace(0, groups - 1, num=min(groups, max(1, limit // 512))).astype(int))
+    each = -(-limit // len(picked))
+    return [(int(p), rows[p][:each]) for p in picked]
+
+
+def _read(source: RowGroupSource, pre, parts: list[tuple[int, np.ndarray | None]], width: int) -> TreeMatrix:
+    """The tree matrix of the given (row group, rows) parts, filled in place: one copy of the data."""
+    counts = [source.index.row_groups[p].num_rows if rows is None else len(rows) for p, rows in parts]
+    features = np.empty((sum(counts), width), np.float32)
+    labels, at = [], 0
+    for (position, rows), count in zip(parts, counts):
+        part = tree_matrix(pre, source.table(position, rows))
+        features[at:at + count] = part.features
+        labels.append(part.labels)
+        at += count
+    label_dtype = np.int64 if pre.label.task == "classification" else np.float32
+    labels = np.concatenate(labels) if labels else np.zeros(0, label_dtype)
+    keep = labels >= 0 if labels.dtype.kind == "i" else ~np.isnan(labels)
+    if not keep.all():  # rows without a label (null_labels: drop) or with a class training never had
+        features, labels = features[keep], labels[keep]
+    return TreeMatrix(features, labels)
+
+
+class _Booster:
+    """One rank's tree training state; methods follow the module outline."""
+
+    def __init__(self, job, index, validation_index, board, rank, world):
+        self.job, self.board, self.rank, self.world = job, board, rank, world
+        self.library = boosters.library(job.model.kind)
+        storage = ray.train.get_context().get_storage()
+        self.fs, self.run_path = storage.storage_filesystem, storage.experiment_fs_path
+        collectives = resume.ray_train_collectives(self.fs, self.run_path, rank, world)
+        holdout = job.data.validation if isinstance(job.data.validation, float) else 0.0
+
+        self.state = resume.newest_verified(self.fs, self.run_path, rank, self._warn, load=checkpoint.load_trees,
+                                            collectives=collectives)
+        started = time.perf_counter()
+        self.preprocessing, fitted = resume.preprocessing(index, holdout, self.state, self.fs, self.run_path,
+                                                          rank, world, collectives)
+        self.preprocessing_fit_s = time.perf_counter() - started if fitted else None
+        label = self.preprocessing.label
+        if job.data.null_labels == "error" and label.null_labels:
+            raise DataError(f"{label.null_labels} training row(s) have no '{label.name}' label (data.null_labels: "
+                            "error); fill them in, or set data.null_labels: drop to skip them")
+        classes = len(label.classes) if label.task == "classification" else None
+        if job.loss.name == "bce" and classes != 2:
+            raise DataError(f"loss.name: bce needs a label with two classes, but '{label.name}' has {classes} "
+                            "in the training rows; use cross_entropy")
+        self.objective = self.library.objective(job.loss.name, classes)
+        self.features = tree_features(self.preprocessing)
+
+        width = len(self.features.names)
+        source = RowGroupSource(index, None)
+        try:
+            mine = [(p, planning.train_rows(index.row_groups[p].first_row, index.row_groups[p].num_rows, holdout)
+                     if holdout else None) for p in share(len(index.row_groups), world, rank)]
+            self.shard = _read(source, self.preprocessing, mine, width)
+            self.probe = _read(source, self.preprocessing, probe_rows(index, holdout), width)
+            if validation_index is None and holdout:
+                held = [(p, planning.holdout_rows(rg.first_row, rg.num_rows, holdout))
+                        for p, rg in enumerate(index.row_groups)]
+                self.validation = _read(source, self.preprocessing, held, width)
+        finally:
+            source.close()
+        if validation_index is not None:
+            validation_source = RowGroupSource(validation_index, None)
+            try:
+                self.validation = _read(validation_source, self.preprocessing,
+                                        [(p, None) for p in range(len(validation_index.row_groups))], width)
+            finally:
+                validation_source.close()
+        elif not holdout:
+            self.validation = None
+        # For throughput: the training rows a round reads, over all ranks.
+        self.rows = sum(rg.num_rows - planning.holdout_count(rg.num_rows, holdout) for rg in index.row_groups)
+        threads = max(1, int(job.scaling.cpus_per_worker))
+        self.params = self.library.params(job.model.options, self.objective, threads, job.train.seed,
+                                          job.scaling.use_gpu, world)
+        sampled = [key for key in job.model.options if key in boosters.SAMPLING_OPTIONS]
+        if sampled and self.state is None:
+            self._warn(f"model.options {', '.join(sampled)}: {job.model.kind} restarts its sampler when training "
+                       "continues from a checkpoint, so a run that resumes will grow equivalent, not identical, "
+                       "trees after the restart")
+
+        self.history = History(self.state.history) if self.state else History()
+        self.stopping = stopping.StoppingState(**self.state.stopping) if self.state and self.state.stopping \
+            else stopping.StoppingState()
+        self.rounds_done = self.state.rounds if self.state else 0
+        self.last_checkpoint_round = self.rounds_done
+        self.last_checkpoint_time = time.monotonic()
+        self.margins: dict[str, np.ndarray] = {}
+        self.round_started = time.perf_counter()
+        self.uploader = checkpoint.Uploader(self.fs, self.run_path)
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        """Boost the remaining rounds, then post this rank's digest of the final trees."""
+        resumed = self.rounds_done if self.state else None
+        self._post(kind=Kind.START, world_size=self.world, resumed_step=resumed,
+                   null_labels=self.preprocessing.label.null_labels, preprocessing_fit_s=self.preprocessing_fit_s)
+        self.board.post.remote({"kind": Kind.WORKER, "rank": self.rank, "pid": os.getpid()})
+        start, self.state = (self.state.model if self.state else None), None
+        left = self.job.model.rounds - self.rounds_done
+        try:
+            if left > 0 and self.stopping.stopped_at_step is None:
+                matrix = self.library.train_matrix(self.shard, self.features, self.params)
+                self.shard = None  # the library holds its own copy (bins, for XGBoost) from here
+                self.first_round = self.rounds_done
+                self.round_started = time.perf_counter()
+                booster = self.library.train(self.params, matrix, left, start, self._after_round)
+            else:
+                booster = self.library.load(start)
+        finally:
+            self.uploader.close()  # the worker may be torn down once this function returns
+        self.board.post.remote({"kind": Kind.FINAL, "rank": self.rank, "step": self.rounds_done,
+                                "weights_sha256": self.library.digest(booster)})
+
+    def _after_round(self, booster, round_index: int) -> bool:
+        """Measure, record and maybe checkpoint round `round_index`; True to stop boosting now."""
+        seconds = time.perf_counter() - self.round_started
+        self.rounds_done = round_index + 1
+        if round_index == self.first_round:
+            self._post(kind=Kind.FIRST_STEP)
+        train_metrics = self._measure(booster, round_index, "probe", self.probe)
+        validation = self._measure(booster, round_index, "validation", self.validation) if self.validation else {}
+        rate = self.rows / max(seconds, 1e-9)
+        values = {"epoch/train_loss": train_metrics["loss"], "epoch/samples_per_s": rate}
+        values.update({f"val/{name}": value for name, value in validation.items()})
+        rows = self.history.add(self.rounds_done, round_index, values, time.time())
+        verdict = None
+        if self.job.early_stopping:
+            value = stopping.metric_value(self.job.early_stopping.metric, train_metrics, validation)
+            verdict = stopping.update(self.job.early_stopping, self.stopping, value, self.rounds_done, round_index)
+        stop = bool(verdict and verdict.stop)
+        self._post(kind=Kind.EPOCH, epoch=round_index, complete=True, step=self.rounds_done,
+                   samples=self.rows * self.rounds_done, train=train_metrics, validation=validation,
+                   samples_per_s=round(rate, 1), dropped_rows=0, rows=rows,
+                   stopping=self.stopping.to_dict() if verdict else None)
+        last = stop or self.rounds_done == self.job.model.rounds
+        reported = {"step": self.rounds_done, "epoch": round_index, "train_loss": train_metrics["loss"],
+                    **{f"val_{k}": v for k, v in validation.items()}}
+        if self._checkpoint_due(last):
+            self._checkpoint(booster, reported)
+        if last:
+            self._export_best(booster)
+        if stop:
+            self._post(kind=Kind.STOPPED_EARLY, step=self.rounds_done, epoch=round_index, **self.stopping.to_dict())
+        self.round_started = time.perf_counter()
+        return stop
+
+    def _measure(self, booster, round_index: int, name: str, data: TreeMatrix) -> dict[str, float]:
+        """The metrics (train.metrics, as for networks) of the margins after `round_index` on `data`."""
+        if name not in self.margins:  # the first round of this group: every tree so far, once
+            self.margins[name] = self.library.margins(booster, data.features).astype(np.float64)
+        else:
+            self.margins[name] += self.library.round_margins(booster, data.features, round_index)
+        label = self.preprocessing.label
+        outputs = boosters.network_outputs(self.margins[name], label)
+        targets = boosters.network_labels(data.labels, label, self.job.loss.name)
+        regression = label.task == "regression"
+        accumulator = metrics.Accumulator(self.job.loss, classes=None if regression else len(label.classes),
+                                          target_scale=(label.mean, label.std) if regression else None)
+        if len(targets):
+            accumulator.add(outputs, models.summed_loss(self.job.loss)(outputs, targets), targets)
+        return accumulator.result(torch.device("cpu"))
+
+    # -- checkpoints --------------------------------------------------------
+
+    def _checkpoint_due(self, last: bool) -> bool:
+        """The checkpoint policy's verdict on this round: the same on every rank."""
+        timer_due = None
+        if self.job.checkpoint.every_n_seconds:  # rank 0's clock decides; Ray Train's broadcast shares it
+            elapsed = time.monotonic() - self.last_checkpoint_time
+            due = elapsed >= self.job.checkpoint.every_n_seconds if self.rank == 0 else None
+            timer_due = self.rounds_done if ray.train.collective.broadcast_from_rank_zero(due) else None
+        return policy.checkpoint_reason(self.job.checkpoint, policy.Moment(
+            step=self.rounds_done, last_checkpoint_step=self.last_checkpoint_round, epoch_end=last,
+            timer_due_step=timer_due)) is not None
+
+    def _save(self, booster, rounds: int, directory: str | None = None) -> str:
+        """Write the booster (its first `rounds` rounds) and the run's state into a new local directory."""
+        directory = directory or tempfile.mkdtemp(prefix="orchestrator-checkpoint-")
+        model = booster if rounds == self.rounds_done else self._cut(booster, rounds)
+        checkpoint.save_trees(checkpoint.TreeState(
+            model=self.library.to_bytes(model), model_file=self.library.model_file, rounds=rounds,
+            world_size=self.world, job=self.job.to_dict(), history=self.history.table(),
+            preprocessing=self.preprocessing.to_json(), stopping=self.stopping.to_dict()), directory)
+        return directory
+
+    def _cut(self, booster, rounds: int):
+        """The booster's first `rounds` rounds, as its own booster."""
+        if self.library.model_file == boosters.XGBoost.model_file:
+            return booster[:rounds]
+        return self.library.load(booster.model_to_string(num_iteration=rounds).encode())
+
+    def _checkpoint(self, booster, reported: dict) -> None:
+        """Rank 0 saves the booster and state; every rank reports to Ray Train."""
+        self.last_checkpoint_round, self.last_checkpoint_time = self.rounds_done, time.monotonic()
+        directory = self._save(booster, self.rounds_done) if self.rank == 0 else None
+        reporting.report(reported, directory, step=self.rounds_done, samples=self.rows * self.rounds_done,
+                         uploader=self.uploader, post=self._post)
+
+    def _export_best(self, booster) -> None:
+        """With early stopping's export: best, rank 0 uploads the booster cut at its best round as the best copy."""
+        spec = self.job.early_stopping
+        best = self.stopping.best_step
+        if self.rank != 0 or not spec or spec.export != "best" or best is None:
+            return
+        reporting.upload_best(self.uploader, self._save(booster, best), best, self._post)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _warn(self, message: str) -> None:
+        self._post(kind=Kind.WARNING, message=message)
+
+    def _post(self, **record) -> None:
+        if self.rank == 0 or record["kind"] == Kind.FATAL:
+            self.board.post.remote(record)

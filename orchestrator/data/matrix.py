@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.data.partials import require_columns
+from orchestrator.data.plan import holdout_count
 from orchestrator.data.preprocess import Preprocessing
 from orchestrator.data.transforms import (
     BooleanStats,
@@ -171,8 +172,6 @@ def bytes_per_worker(index, holdout_fraction: float, workers: int, validation_ro
     """An estimate, from the footers, of the memory the largest share of a tree model's group holds:
     its float32 matrix, the library's binned copy (a byte a value), and the validation rows and
     train probe every rank holds as float32."""
-    from orchestrator.data.plan import holdout_count
-
     groups = index.row_groups
     shares = [groups[len(groups) * r // workers:len(groups) * (r + 1) // workers] for r in range(workers)]
     largest = max(sum(rg.num_rows - holdout_count(rg.num_rows, holdout_fraction) for rg in share) for share in shares)

@@ -44,7 +44,16 @@ from orchestrator.errors import DataError, OrchestratorError
 from orchestrator.job import spec
 from orchestrator.track.history import History
 from orchestrator.track.records import Kind
-from orchestrator.train import boosters, checkpoint, metrics, models, policy, reporting, resume, stopping
+from orchestrator.train import (
+    boosters,
+    checkpoint,
+    metrics,
+    models,
+    policy,
+    reporting,
+    resume,
+    stopping,
+)
 
 PROBE_ROWS = 65_536  # training rows the train metrics are measured on, at most
 

@@ -40,6 +40,7 @@ from orchestrator.data import plan as planning
 from orchestrator.data.index import DatasetIndex
 from orchestrator.data.matrix import TreeMatrix, tree_features, tree_matrix
 from orchestrator.data.reader import RowGroupSource
+from orchestrator.data.transforms import LabelStats
 from orchestrator.errors import DataError, OrchestratorError
 from orchestrator.job import spec
 from orchestrator.track.history import History
@@ -54,6 +55,7 @@ from orchestrator.train import (
     resume,
     stopping,
 )
+from orchestrator.train.rehearsal import Rehearsal
 
 PROBE_ROWS = 65_536  # training rows the train metrics are measured on, at most
 
@@ -95,7 +97,20 @@ def probe_rows(index: DatasetIndex, holdout_fraction: float, limit: int = PROBE_
     return [(int(p), rows[p][:each]) for p in picked]
 
 
-def _read(source: RowGroupSource, pre, parts: list[tuple[int, np.ndarray | None]], width: int) -> TreeMatrix:
+def measure(margins: np.ndarray, labels: np.ndarray, label: LabelStats, loss: spec.LossSpec) -> dict[str, float]:
+    """The metrics (train.metrics, in the names networks report) of a booster's `margins` on rows
+    with `labels` (as `TreeMatrix` holds them, every row labelled)."""
+    outputs = boosters.network_outputs(margins, label)
+    targets = boosters.network_labels(labels, label, loss.name)
+    regression = label.task == "regression"
+    accumulator = metrics.Accumulator(loss, classes=None if regression else len(label.classes),
+                                      target_scale=(label.mean, label.std) if regression else None)
+    if len(targets):
+        accumulator.add(outputs, models.summed_loss(loss)(outputs, targets), targets)
+    return accumulator.result(torch.device("cpu"))
+
+
+def read_matrix(source: RowGroupSource, pre, parts: list[tuple[int, np.ndarray | None]], width: int) -> TreeMatrix:
     """The tree matrix of the given (row group, rows) parts, filled in place: one copy of the data."""
     counts = [source.index.row_groups[p].num_rows if rows is None else len(rows) for p, rows in parts]
     features = np.empty((sum(counts), width), np.float32)
@@ -146,18 +161,18 @@ class _Booster:
         try:
             mine = [(p, planning.train_rows(index.row_groups[p].first_row, index.row_groups[p].num_rows, holdout)
                      if holdout else None) for p in share(len(index.row_groups), world, rank)]
-            self.shard = _read(source, self.preprocessing, mine, width)
-            self.probe = _read(source, self.preprocessing, probe_rows(index, holdout), width)
+            self.shard = read_matrix(source, self.preprocessing, mine, width)
+            self.probe = read_matrix(source, self.preprocessing, probe_rows(index, holdout), width)
             if validation_index is None and holdout:
                 held = [(p, planning.holdout_rows(rg.first_row, rg.num_rows, holdout))
                         for p, rg in enumerate(index.row_groups)]
-                self.validation = _read(source, self.preprocessing, held, width)
+                self.validation = read_matrix(source, self.preprocessing, held, width)
         finally:
             source.close()
         if validation_index is not None:
             validation_source = RowGroupSource(validation_index, None)
             try:
-                self.validation = _read(validation_source, self.preprocessing,
+                self.validation = read_matrix(validation_source, self.preprocessing,
                                         [(p, None) for p in range(len(validation_index.row_groups))], width)
             finally:
                 validation_source.close()
@@ -183,6 +198,7 @@ class _Booster:
         self.margins: dict[str, np.ndarray] = {}
         self.round_started = time.perf_counter()
         self.uploader = checkpoint.Uploader(self.fs, self.run_path)
+        self.rehearsal = Rehearsal(board, rank, job.failure.inject, False) if job.failure.inject else None
 
     # -- the loop -----------------------------------------------------------
 
@@ -212,6 +228,8 @@ class _Booster:
         """Measure, record and maybe checkpoint round `round_index`; True to stop boosting now."""
         seconds = time.perf_counter() - self.round_started
         self.rounds_done = round_index + 1
+        if self.rehearsal is not None:  # failure.inject: the rank dies once the round is trained
+            self.rehearsal.maybe_exit(self.rounds_done)
         if round_index == self.first_round:
             self._post(kind=Kind.FIRST_STEP)
         train_metrics = self._measure(booster, round_index, "probe", self.probe)
@@ -247,15 +265,7 @@ class _Booster:
             self.margins[name] = self.library.margins(booster, data.features).astype(np.float64)
         else:
             self.margins[name] += self.library.round_margins(booster, data.features, round_index)
-        label = self.preprocessing.label
-        outputs = boosters.network_outputs(self.margins[name], label)
-        targets = boosters.network_labels(data.labels, label, self.job.loss.name)
-        regression = label.task == "regression"
-        accumulator = metrics.Accumulator(self.job.loss, classes=None if regression else len(label.classes),
-                                          target_scale=(label.mean, label.std) if regression else None)
-        if len(targets):
-            accumulator.add(outputs, models.summed_loss(self.job.loss)(outputs, targets), targets)
-        return accumulator.result(torch.device("cpu"))
+        return measure(self.margins[name], data.labels, self.preprocessing.label, self.job.loss)
 
     # -- checkpoints --------------------------------------------------------
 

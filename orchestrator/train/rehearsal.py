@@ -34,7 +34,12 @@ class Rehearsal:
         if self.audit_samples:
             self.board.post.remote({"kind": Kind.SAMPLES, "rank": self.rank, "step": step + 1,
                                     "epoch": epoch, "ids": batch.ids.tolist()})
+        self.maybe_exit(step + 1)
+
+    def maybe_exit(self, step: int) -> None:
+        """os._exit(1) if this is the fault's rank and `step` (an optimizer step, or a tree model's
+        boosting round) its exit_at_step, the first time the run gets there."""
         fault = self.fault
-        if fault and self.rank == fault.rank and step + 1 == fault.exit_at_step:
+        if fault and self.rank == fault.rank and step == fault.exit_at_step:
             if ray.get(self.board.claim_fault.remote()):
                 os._exit(1)  # a rehearsal of a dead worker: no cleanup, like a real crash

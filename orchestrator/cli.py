@@ -18,11 +18,12 @@ traceback: that is a bug to report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Sequence
 
 from orchestrator import progress
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import DataError, OrchestratorError
 from orchestrator.job import spec
 
 
@@ -56,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and per-step progress")
     run.set_defaults(command=_run)
 
-    validate = commands.add_parser("validate", help="check a job file and its data footers without starting Ray")
+    validate = commands.add_parser("validate", help="check a job file and its data footers without starting Ray; "
+                                                    "leaves no file behind")
     _job_arguments(validate)
     validate.set_defaults(command=_validate)
     _cluster_commands(commands)
@@ -229,11 +231,55 @@ def _load(args: argparse.Namespace) -> spec.JobSpec:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Check the job and its data's footers and print the plan; leaves no file behind (`_generated_copy`)."""
+    with _generated_copy(_load(args)) as job:
+        _print_plan(job)
+    return 0
+
+
+@contextlib.contextmanager
+def _generated_copy(job: spec.JobSpec):
+    """`job` itself when it has no data.generate or its data is there. Otherwise, saying so, `job`
+    reading an identical copy of what its first run will generate, made in a temporary folder and
+    deleted after, so nothing is left where the job points."""
+    import dataclasses
+    import tempfile
+
+    from orchestrator import storage
+    from orchestrator.data import synthetic
+
+    path, generate = storage.absolute(job.data.path), job.data.generate
+    if generate is None or _has_data(path):
+        yield job
+        return
+    print(f"data.generate: no data at {path} yet; the first run writes {generate.rows:,} {generate.kind} rows "
+          "there. Checking an identical copy in a temporary folder.")
+    # A local folder, not memory://: a copy read through pyarrow's PyFileSystem sometimes aborted at exit.
+    with tempfile.TemporaryDirectory(prefix="orchestrator-validate-") as folder:
+        synthetic.write(generate, folder)
+        yield dataclasses.replace(job, data=dataclasses.replace(job.data, path=folder))
+
+
+def _has_data(url: str) -> bool:
+    """Whether Parquet files are at `url`; an unknown protocol or a missing package is a DataError."""
+    from orchestrator import storage
+    from orchestrator.data import source
+
+    storage.fsspec_filesystem(url)
+    try:
+        source.discover(url)
+    except DataError:
+        return False
+    return True
+
+
+def _print_plan(asked: spec.JobSpec) -> None:
+    """What `validate` prints for `asked`: its data, each column's plan, the label's nulls, the
+    batches per epoch and the run folder."""
     from orchestrator.data import columns, source
     from orchestrator.driver import launch
 
-    asked = _load(args)
-    prepared = launch.prepare(asked)
+    prepared = launch.prepare(asked, generate=False)
     index, job = prepared.index, prepared.job
     print(f"job {job.name}: OK")
     print(f"  data        {len(index.files)} file(s), {len(index.row_groups)} row group(s), {index.num_rows:,} rows")
@@ -263,7 +309,6 @@ def _validate(args: argparse.Namespace) -> int:
         f"{prepared.dropped_rows} rows dropped"
     )
     print(f"  run folder  {prepared.run_url}")
-    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 
+from orchestrator import cli
 from orchestrator.job import spec
 from tests.conftest import REPO, regression_job
 
@@ -95,3 +96,17 @@ def test_an_address_where_no_cluster_answers_fails_at_once_naming_it(tmp_path, r
     assert result.returncode == 2
     assert f"no Ray cluster answers at 127.0.0.1:{port} (from --address)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_validate_of_a_job_whose_data_is_generated_writes_nothing_and_checks_a_copy(tmp_path, capsys, monkeypatch):
+    raw = regression_job("data/gen", "runs")
+    raw["data"]["generate"] = {"kind": "regression", "rows": 3000, "features": 3, "files": 2}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+
+    assert cli.main(["validate", "job.yaml"]) == 0
+
+    out = capsys.readouterr().out
+    assert f"no data at {tmp_path / 'data' / 'gen'} yet; the first run writes 3,000 regression rows there" in out
+    assert "job test-run: OK" in out and "2 file(s)" in out and "3,000 rows" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]

@@ -2,7 +2,7 @@
 
     orchestrator run JOB.yaml [--workers N] [--storage URL] [--name NAME]
                               [--set key.path=value]... [--address ADDR] [--fresh] [-v]
-    orchestrator validate JOB.yaml [--set key.path=value]...
+    orchestrator validate JOB.yaml [--workers N] [--storage URL] [--name NAME] [--set key.path=value]...
     orchestrator submit JOB.yaml --address http://HOST:PORT [...]   (and status|logs|stop JOB_ID)
     orchestrator runs [STORAGE]
     orchestrator report RUN
@@ -10,9 +10,10 @@
     orchestrator predict RUN --data URL --out URL
     orchestrator evaluate RUN --data URL
 
-A user's mistake (an OrchestratorError) prints as one paragraph without a
-traceback and exits with its code (2 for bad input). Anything else keeps its
-traceback: that is a bug to report.
+A bare `orchestrator` prints the help and exits 2. A user's mistake (an
+OrchestratorError) prints as one paragraph without a traceback and exits with
+its code (2 for bad input); a job problem that an option brings starts with
+that option. Anything else keeps its traceback: that is a bug to report.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from orchestrator.job import spec
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a bare `orchestrator`: the list of commands, not only "arguments are required"
+        parser.print_help(sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return args.command(args)
@@ -49,9 +54,6 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="train a job across Ray Train workers")
     _job_arguments(run)
-    run.add_argument("--workers", help="scaling.workers: a count, or MIN,MAX for an elastic run")
-    run.add_argument("--storage", help="storage: where run folders go (path or fsspec URL)")
-    run.add_argument("--name", help="name: the run folder's name under storage")
     run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     run.add_argument("--fresh", action="store_true", help="delete an earlier run of this name first")
     run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and per-step progress")
@@ -154,10 +156,7 @@ def _cluster_commands(commands) -> None:
     """`submit`, `status`, `logs`, `stop`: a job on a Ray cluster through its Jobs API (orchestrator/submit.py)."""
     address = "the cluster's Jobs API, http://HOST:8265 (default: RAY_API_SERVER_ADDRESS, else RAY_ADDRESS)"
     submit = commands.add_parser("submit", help="run a job on a Ray cluster through its Jobs API and follow it")
-    _job_arguments(submit)
-    submit.add_argument("--workers", help="scaling.workers: a count, or MIN,MAX for an elastic run")
-    submit.add_argument("--storage", help="storage: where run folders go; on a cluster a shared URL (s3://…)")
-    submit.add_argument("--name", help="name: the run folder's name under storage")
+    _job_arguments(submit, storage="storage: where run folders go; on a cluster a shared URL (s3://…)")
     submit.add_argument("--address", help=address)
     submit.add_argument("--fresh", action="store_true", help="delete an earlier run of this name first")
     submit.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and per-step progress")
@@ -211,23 +210,63 @@ def _job_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job_arguments(parser: argparse.ArgumentParser) -> None:
+def _job_arguments(parser: argparse.ArgumentParser,
+                   storage: str = "storage: where run folders go (path or fsspec URL)") -> None:
+    """The job file and the options that override its values (`_load` applies them)."""
     parser.add_argument("job", help="the job file (YAML)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a job file value, e.g. --set optim.lr=0.01 (repeatable)",
     )
+    parser.add_argument("--workers", help="scaling.workers: a count, or MIN,MAX for an elastic run")
+    parser.add_argument("--storage", help=storage)
+    parser.add_argument("--name", help="name: the run folder's name under storage")
 
 
 def _load(args: argparse.Namespace) -> spec.JobSpec:
-    overrides = list(args.overrides)
-    if getattr(args, "workers", None):
+    """The job file with the command line's overrides applied, validated. A problem the job file
+    alone does not have starts with the option(s) it came from (`_from_options`)."""
+    given = _overrides(args)
+    try:
+        return spec.load(args.job, [override for _, override in given])
+    except spec.SpecError as error:
+        if not given:
+            raise
+        raise _from_options(error, args.job, given) from None
+
+
+def _overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(the option as typed, its `key.path=value` override) for every --set, then --workers, --storage, --name."""
+    given = [(f"--set {item!r}", item) for item in args.overrides]
+    if args.workers:
         workers = args.workers if "," not in args.workers else f"[{args.workers}]"
-        overrides.append(f"scaling.workers={workers}")
+        given.append((f"--workers {args.workers!r}", f"scaling.workers={workers}"))
     for key in ("storage", "name"):
-        if getattr(args, key, None):
-            overrides.append(f"{key}={getattr(args, key)}")
-    return spec.load(args.job, overrides)
+        if getattr(args, key):
+            given.append((f"--{key} {getattr(args, key)!r}", f"{key}={getattr(args, key)}"))
+    return given
+
+
+def _from_options(error: spec.SpecError, job_file: str, given: list[tuple[str, str]]) -> spec.SpecError:
+    """`error` with each problem the job file alone does not have prefixed by the option whose key
+    path it concerns, or by every option when it concerns none of theirs (a check across sections)."""
+    try:
+        spec.load(job_file)
+        in_file = set()
+    except spec.SpecError as plain:
+        in_file = set(plain.problems)
+    keys = {option: ".".join(part.strip() for part in override.partition("=")[0].split("."))
+            for option, override in given}
+    problems = []
+    for problem in error.problems:
+        if problem in in_file or problem.startswith("--set "):  # spec names a malformed --set itself
+            problems.append(problem)
+            continue
+        path = problem.split(":", 1)[0].split("[", 1)[0]
+        near = [option for option, key in keys.items()
+                if path == key or path.startswith(key + ".") or key.startswith(path + ".")]
+        problems.append(f"{', '.join(near or keys)}: {problem}")
+    return spec.SpecError(problems, error.source)
 
 
 def _validate(args: argparse.Namespace) -> int:

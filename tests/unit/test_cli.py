@@ -98,6 +98,46 @@ def test_an_address_where_no_cluster_answers_fails_at_once_naming_it(tmp_path, r
     assert "Traceback" not in result.stderr
 
 
+def test_a_bare_orchestrator_prints_the_full_help_with_every_command_and_exits_2(capsys):
+    assert cli.main([]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith("usage: orchestrator")
+    for command in ("run", "validate", "submit", "runs", "report", "compare", "predict", "evaluate"):
+        assert f"\n    {command} " in err
+
+
+def test_validate_takes_workers_storage_and_name_as_run_does(tmp_path, regression_data, capsys):
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(regression_job(regression_data[0], str(tmp_path / "runs"))))
+    elsewhere = tmp_path / "elsewhere"
+
+    options = ["--workers", "1,3", "--storage", str(elsewhere), "--name", "other"]
+    assert cli.main(["validate", str(job_file), *options]) == 0
+    assert f"run folder  {elsewhere / 'other'}" in capsys.readouterr().out
+
+    assert cli.main(["validate", str(job_file), "--workers", "0"]) == 2
+    assert "--workers '0': scaling.workers: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, problem", [
+    (["--set", "optim.lrr=0.1"], "--set 'optim.lrr=0.1': optim.lrr: unknown key (did you mean 'lr'?"),
+    (["--set", "train.epochs=five"], "--set 'train.epochs=five': train.epochs: expected an integer, got 'five'"),
+    (["--name", "my run"], "--name 'my run': name: "),
+], ids=["unknown key", "bad value", "bad --name"])
+def test_a_mistake_in_an_option_names_the_option_not_the_job_file(tmp_path, regression_data, capsys, option, problem):
+    raw = regression_job(regression_data[0], str(tmp_path / "runs"))
+    raw["train"]["batch_size"] = 0  # the job file's own mistake stays the job file's
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+
+    assert cli.main(["validate", str(job_file), *option]) == 2
+
+    err = capsys.readouterr().err
+    assert f"  - {problem}" in err
+    assert "  - train.batch_size: must be >= 1" in err
+
+
 def test_validate_of_a_job_whose_data_is_generated_writes_nothing_and_checks_a_copy(tmp_path, capsys, monkeypatch):
     raw = regression_job("data/gen", "runs")
     raw["data"]["generate"] = {"kind": "regression", "rows": 3000, "features": 3, "files": 2}

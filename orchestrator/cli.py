@@ -6,8 +6,8 @@
     orchestrator submit JOB.yaml --address http://HOST:PORT [...]   (and status|logs|stop JOB_ID)
     orchestrator runs [STORAGE]
     orchestrator report RUN
-    orchestrator compare RUN_A RUN_B
-    orchestrator predict RUN --data URL --out URL
+    orchestrator compare RUN_A RUN_B [--out PNG]
+    orchestrator predict RUN --data URL --out URL [--overwrite]
     orchestrator evaluate RUN --data URL
 
 A bare `orchestrator` prints the help and exits 2. A user's mistake (an
@@ -80,7 +80,7 @@ def _report_commands(commands) -> None:
     compare = commands.add_parser("compare", help="two runs' curves on one plot and their final metrics side by side")
     compare.add_argument("run_a", help=run_help)
     compare.add_argument("run_b", help=run_help)
-    compare.add_argument("--out", help="where the PNG goes (default ./compare-A-vs-B.png)")
+    compare.add_argument("--out", help="where the PNG goes (default ./compare-A-vs-B.png); its path is printed")
     compare.set_defaults(command=_compare)
     for name, text in (("predict", "write one prediction per row of a Parquet dataset"),
                        ("evaluate", "print a run's loss and accuracy or R² on labelled Parquet data")):
@@ -89,6 +89,7 @@ def _report_commands(commands) -> None:
         sub.add_argument("--data", required=True, help="Parquet file, folder or glob; any fsspec URL")
         if name == "predict":
             sub.add_argument("--out", required=True, help="the Parquet file to write (path or fsspec URL)")
+            sub.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
         sub.add_argument("--checkpoint", help="use this checkpoint of the run (step-… or best-…) instead of model.pt")
         sub.add_argument("--batch-rows", type=int, default=65_536, help="rows per inference batch (default 65536)")
         sub.set_defaults(command=globals()[f"_{name}"])
@@ -129,17 +130,32 @@ def _compare(args: argparse.Namespace) -> int:
 
     a, b = reports.open_run(_run_url(args.run_a)), reports.open_run(_run_url(args.run_b))
     print(reports.compare_table(a, b))
-    print(reports.save_png(reports.compare_figure(a, b), args.out or f"compare-{a.name}-vs-{b.name}.png"))
+    url = reports.save_png(reports.compare_figure(a, b), args.out or f"compare-{a.name}-vs-{b.name}.png")
+    print(f"  plot       {url}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from orchestrator.results import predict
 
+    if not args.overwrite:
+        _refuse_existing(args.out)
     rows = predict.predict(_run_url(args.run), args.data, args.out, checkpoint_name=args.checkpoint,
                            batch_rows=args.batch_rows)
     print(f"{rows:,} predictions written to {args.out}")
     return 0
+
+
+def _refuse_existing(url: str) -> None:
+    """A DataError when something is at `url` (on any filesystem), naming it and --overwrite."""
+    import pyarrow.fs
+
+    from orchestrator import storage
+
+    fs, path = storage.arrow_filesystem(url)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+        raise DataError(f"--out {storage.absolute(url)} already exists; pass --overwrite to replace it, "
+                        "or choose another --out")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -251,6 +251,18 @@ def test_compare_draws_both_runs_on_one_plot_and_puts_their_metrics_side_by_side
             assert plotted[f"{label} {name}"] == tuple(map(list, run.series(name)))
 
 
+def test_compare_without_out_says_where_in_the_current_folder_it_wrote_the_png(tmp_path, monkeypatch, capsys):
+    data = write_data(str(tmp_path / "data"))
+    a, b = (make_run(str(tmp_path / "runs"), name, data) for name in ("alpha", "beta"))
+    monkeypatch.chdir(tmp_path)
+
+    assert cli.main(["compare", a, b]) == 0
+
+    written = tmp_path / "compare-alpha-vs-beta.png"
+    assert f"  plot       {written}\n" in capsys.readouterr().out
+    assert png_size(written.read_bytes())[0] >= 800
+
+
 # ---- predict and evaluate ----------------------------------------------------------
 
 
@@ -287,6 +299,21 @@ def test_predict_writes_one_prediction_per_input_row_equal_to_the_models_outputs
     # In the label's units; batches of 7 rows and one of 62 may round float32 sums differently.
     np.testing.assert_allclose(written.column("prediction").to_numpy(),
                                pre.destandardize(expected.squeeze(-1).numpy()), rtol=1e-6, atol=1e-5)
+
+
+def test_predict_refuses_to_replace_an_existing_out_file_unless_told_to_overwrite(root, capsys):
+    data = write_data(storage.join(root, "data"))
+    run = make_run(storage.join(root, "runs"), "alpha", data)
+    out = storage.join(root, "out", "predictions.parquet")
+    write(out, b"earlier results")
+
+    assert cli.main(["predict", run, "--data", data, "--out", out]) == 2
+
+    assert capsys.readouterr().err == f"error: --out {out} already exists; pass --overwrite to replace it, " \
+                                      "or choose another --out\n"
+    assert read(out) == b"earlier results"
+    assert cli.main(["predict", run, "--data", data, "--out", out, "--overwrite"]) == 0
+    assert pq.read_table(io.BytesIO(read(out))).num_rows == 62
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "bce"])

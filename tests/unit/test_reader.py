@@ -159,6 +159,25 @@ def test_a_separate_validation_dataset_is_read_whole(index):
     assert sorted(seen) == list(range(index.num_rows))
 
 
+@pytest.mark.parametrize("label_dtype", ["int64", "float32"], ids=["cross_entropy", "bce"])
+def test_validation_batches_hand_torch_only_writable_arrays(tmp_path, monkeypatch, label_dtype):
+    """torch warns "The given NumPy array is not writable" for a read-only array (once per process,
+    so the arrays are checked, not the warning): every column kind, both label encodings."""
+    from orchestrator.data import synthetic
+    from orchestrator.job import spec
+
+    synthetic.write(spec.GenerateSpec(kind="mixed", rows=1500, files=2), str(tmp_path))
+    mixed = source.scan(str(tmp_path), "churned", exclude=("user_id",), classification=True)
+    handed = []
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda array: handed.append(array.flags.writeable) or from_numpy(array))
+
+    batches = list(validation_batches(mixed, fitted(mixed), world_size=1, rank=0, batch_rows=500,
+                                      holdout_fraction=None, label_dtype=label_dtype))
+
+    assert batches and handed == [True] * (4 * len(batches))
+
+
 def test_a_remote_fsspec_dataset_is_read_through_read_ahead_blocks():
     import fsspec
 

@@ -106,7 +106,21 @@ def targets(r: dict) -> list[Target]:
                round(stall["ours"]["amortized_stall"] * 100, 2), round(stall["plain_sync"]["amortized_stall"] * 100, 2),
                0.05, False, "% (reference: plain SYNC)", ratio_override=stall["ours"]["amortized_stall"]),
         *_table_targets(r["tables"]),
+        *(_tree_targets(r["trees"]) if "trees" in r else []),
     ]
+
+
+def _tree_targets(trees: dict) -> list[Target]:
+    targets = []
+    for kind, cases in trees.items():
+        ours, plain = cases["ours_2w"], cases["plain"]
+        targets += [
+            Target(f"trees_{kind}", f"{kind} training rows/s per core, ours 2 workers ÷ {kind} in one process",
+                   ours["rows_per_s"], plain["rows_per_s"], 0.9, True, "rows/s (2 cores each)"),
+            Target(f"trees_{kind}_memory", f"{kind} worker memory above its data-free RSS ÷ its shard's decoded "
+                   "size, ours 2 workers", ours["data_peak_mb"], ours["shard_mb"], 1.5, False, "MiB"),
+        ]
+    return targets
 
 
 def _table_targets(tables: dict) -> list[Target]:
@@ -127,7 +141,7 @@ def render(r: dict, analysis: str | None = None) -> str:
     if analysis is None:
         analysis = ANALYSIS.read_text(encoding="utf-8") if ANALYSIS.exists() else ""
     parts = [_header(r), _targets_table(targets(r)), _reader(r), _e2e(r), _recovery(r), _stall(r), _tables(r),
-             _misses(r, analysed(analysis)), _retries(r)]
+             *([_trees(r)] if "trees" in r else []), _misses(r, analysed(analysis)), _retries(r)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -374,6 +388,27 @@ def _tables(r: dict) -> str:
           f"Samples/s with every column kind (embeddings, bags): {_fmt(ours['samples_per_s'])}; with the two "
           f"numeric columns only: {_fmt(numeric['samples_per_s'])} "
           f"({ours['samples_per_s'] / numeric['samples_per_s']:.2f}×)."
+    )
+
+
+def _trees(r: dict) -> str:
+    measured = (r.get("sections_measured") or {}).get("trees")
+    when = f" Measured {measured}, apart from the rest of this report." if measured else ""
+    rows = []
+    for kind, cases in r["trees"].items():
+        for name, label in (("plain", f"{kind} in one process (2 threads)"), ("ours_1w", "ours, 1 worker × 2 CPUs"),
+                            ("ours_2w", "ours, 2 workers × 1 CPU")):
+            c = cases[name]
+            rows.append([label, c["rows_per_s"], c["validation"]["r2"], c["data_peak_mb"], c["shard_mb"],
+                         c["data_peak_mb"] / c["shard_mb"]])
+    return (
+        "## Gradient-boosted trees (issue 14)\n\n"
+        "`python -m benchmarks.trees`'s cases on the same generated table (16 numeric columns with nulls, a "
+        "long-tailed string, a boolean) and the same validation file; the same parameters and rounds. rows/s: "
+        "training rows × rounds ÷ seconds (ours: the median round, its per-round metrics included). Memory: "
+        "peak RSS above the RSS before reading data (ours: the largest worker); shard: the Arrow bytes of "
+        "the row groups a worker reads (the whole table in one process)." + when + "\n\n"
+        + _table(["run", "rows/s", "val R²", "memory MiB", "shard MiB", "memory ÷ shard"], rows)
     )
 
 

@@ -17,7 +17,12 @@ another so none competes with another for the CPUs. Order:
    3 interleaved rounds, medians;
 6. typed tables (tables.py): ours (shipped job, and TabM) vs LightGBM and a
    standardized linear model on the same split, the statistics pass, samples/s
-   with embeddings vs numeric columns only.
+   with embeddings vs numeric columns only;
+7. trees (trees.py): ours (XGBoost and LightGBM, 1 and 2 workers) vs the same
+   library in one plain process: rows/s, memory above the data-free RSS, val R².
+
+`--only trees` (or any section) measures that section alone and merges it into
+the last full run's results.json before writing the report.
 
 The raw figures go to benchmarks/.work/results.json, the report to
 benchmarks/RESULTS.md (or --out).
@@ -109,6 +114,19 @@ def measure_tables(size: str) -> dict:
     return results
 
 
+def measure_trees(size: str) -> dict:
+    """{library: {case: result}} for benchmarks/trees.py (one run each)."""
+    from benchmarks import trees
+
+    train, validation = (str(path) for path in trees.ensure(size))
+    paths = {"train": train, "validation": validation, "size": size}
+    return {kind: {
+        "plain": _child("trees", "plain", f"trees-plain-{kind}", kind=kind, **paths),
+        "ours_1w": _child("trees", "ours", f"trees-ours-{kind}-1w", kind=kind, workers=1, **paths),
+        "ours_2w": _child("trees", "ours", f"trees-ours-{kind}-2w", kind=kind, workers=2, **paths),
+    } for kind in ("xgboost", "lightgbm")}
+
+
 def _medians(runs: list[dict], keys: tuple[str, ...]) -> dict:
     """The run with the median `keys[0]`, each of `keys` replaced by its median over runs (every run's value
     kept under "runs"); "ttfs_run" is the run with the median time to first step, for its breakdown."""
@@ -160,9 +178,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny data, to check that everything runs")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="the report (default benchmarks/RESULTS.md; "
                         "--quick writes benchmarks/.work/RESULTS-quick.md)")
+    parser.add_argument("--only", choices=SECTIONS, help="measure this section alone, merged into the last "
+                        "run's results.json")
     options = parser.parse_args(argv)
     out = options.out or (WORK / "RESULTS-quick.md" if options.quick else REPO / "benchmarks" / "RESULTS.md")
     (WORK / "out").mkdir(parents=True, exist_ok=True)
+    if options.only:
+        _only(options.only, options.quick, out)
+        return
     started = time.time()
     prefix = "quick-" if options.quick else ""
     layouts = data.layouts(options.quick)
@@ -185,10 +208,29 @@ def main(argv: list[str] | None = None) -> None:
     results["stall"] = measure_stall(datasets["1x"], repeats=3)
     print("tables …", flush=True)
     results["tables"] = measure_tables("quick" if options.quick else "full")
+    print("trees …", flush=True)
+    results["trees"] = measure_trees("quick" if options.quick else "full")
     results["total_s"] = round(time.time() - started, 1)
     (WORK / ("results-quick.json" if options.quick else "results.json")).write_text(json.dumps(results, indent=2))
     out.write_text(report.render(results))
     print(f"wrote {out} in {results['total_s']:.0f} s ({shlex.join(sys.argv)})")
+
+
+SECTIONS = ("tables", "trees")  # the sections --only can measure alone
+
+
+def _only(section: str, quick: bool, out: pathlib.Path) -> None:
+    """Measure `section` alone and merge it into the last run's results (its own date kept apart)."""
+    path = WORK / ("results-quick.json" if quick else "results.json")
+    results = json.loads(path.read_text())
+    size = "quick" if quick else "full"
+    print(f"{section} …", flush=True)
+    results[section] = {"tables": measure_tables, "trees": measure_trees}[section](size)
+    results.setdefault("sections_measured", {})[section] = datetime.datetime.now().astimezone().isoformat(
+        timespec="seconds")
+    path.write_text(json.dumps(results, indent=2))
+    out.write_text(report.render(results))
+    print(f"wrote {out} ({section} measured now, the rest from {results['date']})")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ class Kind(str, enum.Enum):
     WARNING = "warning"  # something the user should know that did not stop training (message)
     FATAL = "fatal"  # training must stop and not be retried (message; error_class: the OrchestratorError to raise)
     FAILURE = "failure"  # the controller saw a worker group fail (causes: rank → one line)
-    FINAL = "final"  # a rank finished (rank, step, weights_sha256: replicas must agree)
+    # a rank finished (rank, step, weights_sha256: replicas must agree; tree models add peak_rss_mb and
+    # rss_before_data_mb, the worker's resident memory at its peak and before it read any data)
+    FINAL = "final"
     RESUME = "resume"  # the driver continues an earlier run (checkpoint, step)
     ALREADY_COMPLETE = "already_complete"  # the driver found the run finished (step, run_dir)
 

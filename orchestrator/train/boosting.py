@@ -97,6 +97,15 @@ def probe_rows(index: DatasetIndex, holdout_fraction: float, limit: int = PROBE_
     return [(int(p), rows[p][:each]) for p in picked]
 
 
+def _memory_mb(field: str) -> float | None:
+    """This process's resident memory now (VmRSS) or at its peak (VmHWM), in MiB; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
 def measure(margins: np.ndarray, labels: np.ndarray, label: LabelStats, loss: spec.LossSpec) -> dict[str, float]:
     """The metrics (train.metrics, in the names networks report) of a booster's `margins` on rows
     with `labels` (as `TreeMatrix` holds them, every row labelled)."""
@@ -132,6 +141,7 @@ class _Booster:
     """One rank's tree training state; methods follow the module outline."""
 
     def __init__(self, job, index, validation_index, board, rank, world):
+        self.rss_before_data_mb = _memory_mb("VmRSS")
         self.job, self.board, self.rank, self.world = job, board, rank, world
         self.library = boosters.library(job.model.kind)
         storage = ray.train.get_context().get_storage()
@@ -222,7 +232,8 @@ class _Booster:
         finally:
             self.uploader.close()  # the worker may be torn down once this function returns
         self.board.post.remote({"kind": Kind.FINAL, "rank": self.rank, "step": self.rounds_done,
-                                "weights_sha256": self.library.digest(booster)})
+                                "weights_sha256": self.library.digest(booster), "peak_rss_mb": _memory_mb("VmHWM"),
+                                "rss_before_data_mb": self.rss_before_data_mb})
 
     def _after_round(self, booster, round_index: int) -> bool:
         """Measure, record and maybe checkpoint round `round_index`; True to stop boosting now."""

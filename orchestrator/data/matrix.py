@@ -76,6 +76,10 @@ def _indicators(stats: VocabularyStats) -> int:
     return min(TAG_INDICATORS, stats.cardinality - 2)
 
 
+def _width(pre: Preprocessing) -> int:
+    return len(tree_features(pre).names)
+
+
 def tree_features(pre: Preprocessing) -> TreeFeatures:
     """The columns `tree_matrix` produces from tables under `pre`, in order."""
     names, categories = [], []
@@ -131,12 +135,18 @@ def _block(stats, column) -> np.ndarray:
     return block
 
 
-def tree_matrix(pre: Preprocessing, table: pa.Table) -> TreeMatrix:
+def tree_matrix(pre: Preprocessing, table: pa.Table, out: np.ndarray | None = None) -> TreeMatrix:
     """`table` as a tree model reads it under `pre`: vectorised, no loop over rows. Every feature
-    column must be present (DataError naming the absent ones); the label is encoded when present."""
+    column must be present (DataError naming the absent ones); the label is encoded when present.
+    Each column lands in `out` (float32 [rows, columns], e.g. a slice of a larger matrix) when
+    given, else in a new array: no intermediate copy of the whole table."""
     require_columns(table, [stats.name for stats in pre.columns], "building the tree model's matrix")
-    blocks = [_block(stats, table[stats.name]) for stats in pre.columns]
-    features = (np.concatenate(blocks, axis=1) if blocks else np.zeros((table.num_rows, 0))).astype(np.float32)
+    features = out if out is not None else np.empty((table.num_rows, _width(pre)), np.float32)
+    at = 0
+    for stats in pre.columns:
+        block = _block(stats, table[stats.name])
+        features[:, at:at + block.shape[1]] = block
+        at += block.shape[1]
     labels = None
     if pre.label is not None and pre.label.name in table.column_names:
         if pre.label.task == "regression":

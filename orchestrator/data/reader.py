@@ -383,7 +383,11 @@ def fit_nodes(index: DatasetIndex, holdout_fraction: float, world_size: int,
     def leaf(position: int) -> Partial:
         rg = index.row_groups[position]
         rows = planning.train_rows(rg.first_row, rg.num_rows, holdout_fraction) if holdout_fraction else None
-        return fit_partial(index.columns, source.table(position, rows))
+        partial = fit_partial(index.columns, source.table(position, rows))
+        # Arrow's allocator would keep every row group's freed buffers: the pass would cost the
+        # memory of the whole share, not of one row group.
+        pa.default_memory_pool().release_unused()
+        return partial
 
     try:
         return {(a, b): reduce(index.columns, leaf, a, b) for a, b in tree_nodes(n, lo, hi)}

@@ -33,6 +33,7 @@ import tempfile
 import time
 
 import numpy as np
+import pyarrow as pa
 import ray.train
 import torch
 
@@ -125,10 +126,9 @@ def read_matrix(source: RowGroupSource, pre, parts: list[tuple[int, np.ndarray |
     features = np.empty((sum(counts), width), np.float32)
     labels, at = [], 0
     for (position, rows), count in zip(parts, counts):
-        part = tree_matrix(pre, source.table(position, rows))
-        features[at:at + count] = part.features
-        labels.append(part.labels)
+        labels.append(tree_matrix(pre, source.table(position, rows), out=features[at:at + count]).labels)
         at += count
+        pa.default_memory_pool().release_unused()  # the row group's Arrow buffers, back to the OS now
     label_dtype = np.int64 if pre.label.task == "classification" else np.float32
     labels = np.concatenate(labels) if labels else np.zeros(0, label_dtype)
     keep = labels >= 0 if labels.dtype.kind == "i" else ~np.isnan(labels)
@@ -141,9 +141,9 @@ class _Booster:
     """One rank's tree training state; methods follow the module outline."""
 
     def __init__(self, job, index, validation_index, board, rank, world):
-        self.rss_before_data_mb = _memory_mb("VmRSS")
         self.job, self.board, self.rank, self.world = job, board, rank, world
         self.library = boosters.library(job.model.kind)
+        self.rss_before_data_mb = _memory_mb("VmRSS")  # code loaded, no data read yet
         storage = ray.train.get_context().get_storage()
         self.fs, self.run_path = storage.storage_filesystem, storage.experiment_fs_path
         collectives = resume.ray_train_collectives(self.fs, self.run_path, rank, world)

@@ -187,3 +187,24 @@ def bytes_per_worker(index, holdout_fraction: float, workers: int, validation_ro
     largest = max(sum(rg.num_rows - holdout_count(rg.num_rows, holdout_fraction) for rg in share) for share in shares)
     width = planned_width(index.columns)
     return width * (largest * (4 + 1) + (validation_rows + probe_rows) * 4)
+
+
+def memory_problem(index, holdout_fraction: float, workers: int, validation_rows: int, probe_rows: int,
+                   cluster_memory: float, largest_node_memory: float) -> str | None:
+    """Why `workers` workers cannot hold a tree model's data in `cluster_memory` bytes shared evenly
+    (None when they can, or when the cluster does not say): the estimate (`bytes_per_worker`) against
+    each worker's share, and how many workers it would take, each on a node as large as the largest."""
+    need = bytes_per_worker(index, holdout_fraction, workers, validation_rows, probe_rows)
+    budget = cluster_memory / workers
+    if not cluster_memory or need <= budget:
+        return None
+    largest = largest_node_memory or budget
+    enough = next((w for w in range(workers, len(index.row_groups) + 1)
+                   if bytes_per_worker(index, holdout_fraction, w, validation_rows, probe_rows) <= largest), None)
+    gib = 1 << 30
+    advice = (f"it needs at least {enough} workers, each on a node offering {largest / gib:.2f} GiB" if enough else
+              "even one worker alone on the largest node cannot hold the rows every worker holds")
+    return (f"each of {workers} worker(s) would hold about {need / gib:.2f} GiB (its share of the "
+            f"{index.num_rows:,} rows × {planned_width(index.columns)} columns as float32 and binned, plus the "
+            f"{validation_rows:,} validation rows and {probe_rows:,}-row train probe every worker holds), but "
+            f"the cluster offers {cluster_memory / gib:.2f} GiB of memory, {budget / gib:.2f} GiB a worker: {advice}")

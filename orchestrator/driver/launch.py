@@ -108,11 +108,8 @@ def _check_trees(job: JobSpec, index: DatasetIndex) -> None:
 
 
 def _check_tree_memory(prepared: PreparedJob) -> None:
-    """Refuse, before any worker starts, a tree job whose matrices cannot fit in its workers' memory.
-
-    The budget of a worker is Ray's `memory` resource (what its nodes offer to
-    tasks and actors) divided evenly among the workers.
-    """
+    """Refuse, before any worker starts, a tree job whose matrices cannot fit in its workers' memory
+    (data.matrix.memory_problem): the budget is Ray's `memory` resource, shared evenly by the workers."""
     import ray
 
     from orchestrator.data import matrix
@@ -122,27 +119,13 @@ def _check_tree_memory(prepared: PreparedJob) -> None:
     holdout = job.data.validation if isinstance(job.data.validation, float) else 0.0
     validation_rows = (prepared.validation_index.num_rows if prepared.validation_index
                        else sum(plan.holdout_count(rg.num_rows, holdout) for rg in index.row_groups))
-    probe = min(PROBE_ROWS, index.num_rows)
-    workers = job.scaling.max_workers
-    need = matrix.bytes_per_worker(index, holdout, workers, validation_rows, probe)
-    total = ray.cluster_resources().get("memory", 0.0)
-    budget = total / workers
-    if not total or need <= budget:
-        return
-    largest = max(cluster_node.get("memory", 0.0) for cluster_node in _node_resources()) or budget
-    enough = next((w for w in range(workers, 4097)
-                   if matrix.bytes_per_worker(index, holdout, w, validation_rows, probe) <= largest), None)
-    gib = 1 << 30
-    advice = (f"It needs at least {enough} workers, each on a node offering {largest / gib:.1f} GiB"
-              if enough and enough <= len(index.row_groups) else
-              "Even one worker per node does not fit the rows every worker holds")
-    raise LaunchError(
-        f"{job.model.kind}: each of {workers} worker(s) would hold about {need / gib:.2f} GiB (its share of the "
-        f"{index.num_rows:,} rows × {matrix.planned_width(index.columns)} columns as float32 and binned, plus the "
-        f"{validation_rows:,} validation rows and {probe:,}-row train probe every worker holds), but the "
-        f"cluster offers {total / gib:.2f} GiB of memory, {budget / gib:.2f} GiB a worker. {advice}; or select "
-        "fewer columns (data.features) or hold out fewer validation rows."
-    )
+    largest = max((node.get("memory", 0.0) for node in _node_resources()), default=0.0)
+    problem = matrix.memory_problem(index, holdout, job.scaling.max_workers, validation_rows,
+                                    min(PROBE_ROWS, index.num_rows), ray.cluster_resources().get("memory", 0.0),
+                                    largest)
+    if problem:
+        raise LaunchError(f"{job.model.kind}: {problem}; or select fewer columns (data.features) or hold out "
+                          "fewer validation rows.")
 
 
 def _node_resources() -> list[dict]:

@@ -24,7 +24,7 @@ import hashlib
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ SAMPLING_OPTIONS = ("subsample", "colsample_bytree", "colsample_bylevel", "colsa
                     "neg_bagging_fraction")
 
 OnRound = Callable[[Any, int], bool]  # (booster, round index) → stop now
+Batches = Callable[[], Iterator[TreeMatrix]]  # a new pass over a shard's rows, a matrix per row group
 
 
 def library(kind: str) -> "XGBoost | LightGBM":
@@ -78,6 +79,7 @@ class XGBoost:
 
     module = "xgboost"
     model_file = "model.ubj"
+    streams = True  # train_matrix takes a matrix per row group
     # What the job sets elsewhere, for each option the orchestrator owns.
     owned = {"objective": "loss", "num_class": "the label's classes", "nthread": "scaling.cpus_per_worker",
              "n_jobs": "scaling.cpus_per_worker", "seed": "train.seed", "random_state": "train.seed",
@@ -122,13 +124,32 @@ class XGBoost:
         device = {"device": "cuda"} if use_gpu else {}
         return {**self.defaults, **device, "nthread": threads, "seed": seed, **options, **objective.params}
 
-    def train_matrix(self, data: TreeMatrix, features: TreeFeatures, params: dict):
-        """A QuantileDMatrix (histogram bins, not a float copy) with native categories and NaN as missing."""
+    def train_matrix(self, batches: Batches, features: TreeFeatures, params: dict):
+        """A QuantileDMatrix (histogram bins, not a float copy) with native categories and NaN as missing,
+        built from `batches` through XGBoost's iterator: the float rows are never all in memory at
+        once (XGBoost reads them twice: to sketch the bins, then to fill them)."""
         import xgboost
 
-        return xgboost.QuantileDMatrix(
-            data.features, label=data.labels, feature_names=list(features.names), feature_types=_types(features),
-            enable_categorical=True, max_bin=int(params.get("max_bin", 256)), nthread=params["nthread"])
+        class Parts(xgboost.DataIter):
+            def __init__(self) -> None:
+                super().__init__(release_data=True)
+                self.parts: Iterator[TreeMatrix] | None = None
+
+            def next(self, input_data: Callable) -> bool:
+                if self.parts is None:
+                    self.parts = batches()
+                part = next(self.parts, None)
+                if part is None:
+                    return False
+                input_data(data=part.features, label=part.labels, feature_names=list(features.names),
+                           feature_types=_types(features))
+                return True
+
+            def reset(self) -> None:
+                self.parts = None
+
+        return xgboost.QuantileDMatrix(Parts(), enable_categorical=True, max_bin=int(params.get("max_bin", 256)),
+                                       nthread=params["nthread"])
 
     def train(self, params: dict, matrix, rounds: int, start: bytes | None, on_round: OnRound):
         """Train up to `rounds` more rounds (after `start`'s, if given); `on_round` after each may stop."""
@@ -188,6 +209,9 @@ class LightGBM:
 
     module = "lightgbm"
     model_file = "model.txt"
+    # train_matrix takes the shard as one matrix: continuing from a saved booster, LightGBM predicts
+    # over its Dataset's raw data, which it cannot do over a list of matrices.
+    streams = False
     owned = {"objective": "loss", "num_class": "the label's classes", "num_threads": "scaling.cpus_per_worker",
              "seed": "train.seed", "num_iterations": "model.rounds", "n_estimators": "model.rounds",
              "early_stopping_round": "early_stopping.patience", "metric": "the run's metrics",
@@ -223,10 +247,12 @@ class LightGBM:
             params = {"tree_learner": "data_parallel", **params, "pre_partition": True, **get_network_params()}
         return params
 
-    def train_matrix(self, data: TreeMatrix, features: TreeFeatures, params: dict):
-        """A Dataset with native categories and NaN as missing, binned when training starts."""
+    def train_matrix(self, batches: Batches, features: TreeFeatures, params: dict):
+        """A Dataset with native categories and NaN as missing, from the one matrix `batches` yields;
+        binned, and the floats freed, when training starts."""
         import lightgbm
 
+        (data,) = batches()
         return lightgbm.Dataset(data.features, label=data.labels, feature_name=list(features.names),
                                 categorical_feature=list(features.categorical) or "auto", free_raw_data=True,
                                 params={k: v for k, v in params.items() if k in ("max_bin", "verbosity")})

@@ -8,9 +8,10 @@ data-parallel). It reads as an outline:
         Ray Train's broadcast shares the choice), and the fitted
         preprocessing, fitted along the same merge tree as for networks
         with the nodes shared through the run folder            (resume)
-    read this rank's contiguous share of the training row groups into
-        one matrix (training rows with a label only), and on every rank
-        the validation rows and the train probe                 (_Booster.__init__)
+    read on every rank the validation rows and the train probe  (_Booster.__init__)
+    hand the library this rank's contiguous share of the training row
+        groups (rows with a label): XGBoost bins them a row group at a
+        time through its iterator, LightGBM from one matrix     (_shard_batches)
     boost the remaining rounds; after each round                (_after_round)
         add the round's margins to the validation and probe margins
         measure train (probe) and validation metrics, record the round
@@ -31,6 +32,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -167,11 +169,11 @@ class _Booster:
         self.features = tree_features(self.preprocessing)
 
         width = len(self.features.names)
+        self.index = index
+        self.shard = [(p, planning.train_rows(index.row_groups[p].first_row, index.row_groups[p].num_rows, holdout)
+                       if holdout else None) for p in share(len(index.row_groups), world, rank)]
         source = RowGroupSource(index, None)
         try:
-            mine = [(p, planning.train_rows(index.row_groups[p].first_row, index.row_groups[p].num_rows, holdout)
-                     if holdout else None) for p in share(len(index.row_groups), world, rank)]
-            self.shard = read_matrix(source, self.preprocessing, mine, width)
             self.probe = read_matrix(source, self.preprocessing, probe_rows(index, holdout), width)
             if validation_index is None and holdout:
                 held = [(p, planning.holdout_rows(rg.first_row, rg.num_rows, holdout))
@@ -222,8 +224,7 @@ class _Booster:
         left = self.job.model.rounds - self.rounds_done
         try:
             if left > 0 and self.stopping.stopped_at_step is None:
-                matrix = self.library.train_matrix(self.shard, self.features, self.params)
-                self.shard = None  # the library holds its own copy (bins, for XGBoost) from here
+                matrix = self.library.train_matrix(self._shard_batches, self.features, self.params)
                 self.first_round = self.rounds_done
                 self.round_started = time.perf_counter()
                 booster = self.library.train(self.params, matrix, left, start, self._after_round)
@@ -234,6 +235,19 @@ class _Booster:
         self.board.post.remote({"kind": Kind.FINAL, "rank": self.rank, "step": self.rounds_done,
                                 "weights_sha256": self.library.digest(booster), "peak_rss_mb": _memory_mb("VmHWM"),
                                 "rss_before_data_mb": self.rss_before_data_mb})
+
+    def _shard_batches(self) -> Iterator[TreeMatrix]:
+        """A pass over this rank's training rows with a label: a matrix per row group when the library
+        streams them (boosters.XGBoost.streams), else one matrix."""
+        source, width = RowGroupSource(self.index, None), len(self.features.names)
+        try:
+            if not self.library.streams:
+                yield read_matrix(source, self.preprocessing, self.shard, width)
+                return
+            for part in self.shard:
+                yield read_matrix(source, self.preprocessing, [part], width)
+        finally:
+            source.close()
 
     def _after_round(self, booster, round_index: int) -> bool:
         """Measure, record and maybe checkpoint round `round_index`; True to stop boosting now."""

@@ -89,8 +89,8 @@ def one_process(job: spec.JobSpec) -> dict[str, float]:
     library = boosters.library(job.model.kind)
     classes = len(pre.label.classes) if pre.label.task == "classification" else None
     params = library.params(job.model.options, library.objective(job.loss.name, classes), 1, 0, False, 1)
-    booster = library.train(params, library.train_matrix(train, features, params), job.model.rounds, None,
-                            lambda *_: False)
+    matrix = library.train_matrix(lambda: iter([train]), features, params)
+    booster = library.train(params, matrix, job.model.rounds, None, lambda *_: False)
     return measure(library.margins(booster, held.features), held.labels, pre.label, job.loss)
 
 

@@ -372,17 +372,21 @@ def _run(args: argparse.Namespace) -> int:
     job = _load(args)
     printer = progress.ProgressPrinter(job, verbose=args.verbose)
     summary = launch.run(job, address=args.address, fresh=args.fresh, verbose=args.verbose, on_record=printer)
-    print(_describe(summary))
+    print(_describe(summary, job))
     print(summary.run_dir)
     return 0
 
 
-def _describe(summary) -> str:
-    rate = f"{summary.samples_per_s:,.0f} samples/s, " if summary.samples_per_s else ""
+def _describe(summary, job: spec.JobSpec) -> str:
+    """The summary a finished `run` prints. The wall time and the training throughput are two
+    figures: the wall time includes start-up, fitting, validation and checkpoints."""
+    rate = f"; training {summary.samples_per_s:,.0f} {'rows' if job.model.trees else 'samples'}/s" \
+        if summary.samples_per_s else ""
+    done = (f"{summary.steps} boosting rounds" if job.model.trees else
+            f"{summary.steps} steps, {summary.epochs_completed} epoch(s), {summary.samples:,} samples")
     lines = [
-        f"run {summary.name} {summary.status}: {summary.steps} steps, {summary.epochs_completed} epoch(s), "
-        f"{summary.samples:,} samples in {summary.wall_s:.1f} s ({rate}{summary.world_size} worker(s), "
-        f"{summary.restarts} restart(s))",
+        f"run {summary.name} {summary.status}: {done} in {summary.wall_s:.1f} s wall "
+        f"({summary.world_size} worker(s), {summary.restarts} restart(s)){rate}",
     ]
     metrics = progress.format_metrics("train", summary.train) + progress.format_metrics("val", summary.validation)
     if metrics:
@@ -390,8 +394,10 @@ def _describe(summary) -> str:
     if summary.fit and summary.fit.get("reading"):
         lines.append(f"  fit        {summary.fit['reading']} (train/val gap {summary.fit['gap']:.3g})")
     if summary.best:
-        lines.append(f"  best       {summary.best['best_value']:.4g} at epoch {summary.best['best_epoch'] + 1} "
-                     f"(step {summary.best['best_step']})" + (" — exported as model.pt" if summary.best.get("checkpoint") else ""))
+        where = (f"round {summary.best['best_step']}" if job.model.trees else
+                 f"epoch {summary.best['best_epoch'] + 1} (step {summary.best['best_step']})")
+        exported = f" — exported as {summary.model.rsplit('/', 1)[-1]}" if summary.best.get("checkpoint") else ""
+        lines.append(f"  best       {summary.best['best_value']:.4g} at {where}{exported}")
     if summary.checkpoint:
         lines.append(f"  checkpoint {summary.checkpoint}")
     if summary.model:

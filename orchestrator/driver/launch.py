@@ -180,14 +180,14 @@ def run(
     meta = run_metadata(prepared.job.to_dict(), storage.read_json(fs, run_file))
     storage.write_json(fs, run_file, meta)
 
-    relay = Relay(meta, _exporters(prepared, meta), on_record)
-
-    import ray  # deferred: `orchestrator validate` never pays for importing Ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     meta["status"] = "failed"  # until training ends well; exporters read it when they close
-    embedded = _connect(address, verbose)
+    relay, embedded = None, False
     try:
+        relay = Relay(meta, _exporters(prepared, meta), on_record)
+        import ray  # deferred: `orchestrator validate` never pays for importing Ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        embedded = _connect(address, verbose)
         _check_resources(prepared.job)
         _check_storage(prepared.job)
         if prepared.job.model.trees:
@@ -198,8 +198,15 @@ def run(
         records, error = _fit(prepared, board, relay, audit_samples)
         meta["status"] = "failed" if error else "finished"
         summary = summarize(job.name, prepared.run_url, records, started_at)
+    except BaseException as stopped:  # run.json tells the truth whatever ended this session
+        interrupted = isinstance(stopped, KeyboardInterrupt)
+        meta["status"] = "interrupted" if interrupted else "failed"
+        meta["error"] = "interrupted (Ctrl-C); the same command resumes it" if interrupted else first_line(stopped)
+        storage.write_json(fs, run_file, {**meta, "ended_at": time.time()})
+        raise
     finally:
-        relay.close()
+        if relay is not None:
+            relay.close()
         if embedded:
             ray.shutdown()
             os.environ.pop("RAY_ADDRESS", None)  # it named the embedded cluster, which is gone now

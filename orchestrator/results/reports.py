@@ -30,6 +30,7 @@ from orchestrator.driver.runfolder import HISTORY_FILE, RUN_FILE, SUMMARY_FILE
 from orchestrator.errors import ReportError
 from orchestrator.job.spec import TREE_MODELS
 from orchestrator.progress import duration
+from orchestrator.track.metadata import status
 from orchestrator.track.summary import fit_diagnosis
 
 REPORT_DIR = "report"
@@ -50,7 +51,8 @@ class Run:
 
     @property
     def status(self) -> str:
-        return (self.summary or {}).get("status") or (self.meta or {}).get("status") or "unknown"
+        """finished | failed | interrupted | running: summary.json's, else run.json's (track.metadata.status)."""
+        return (self.summary or {}).get("status") or (status(self.meta) if self.meta else "unknown")
 
     def series(self, name: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one metric, in step order; empty lists when it was never recorded."""
@@ -212,8 +214,9 @@ def describe(run: Run) -> str:
     for restart in meta.get("restarts") or []:
         lines.append(f"  restart    resumed at step {restart.get('resumed_step') or 0} with "
                      f"{restart.get('world_size')} worker(s): {restart.get('cause')}")
-    if summary.get("error"):
-        lines.append(f"  error      {summary['error']}")
+    error = summary.get("error") or meta.get("error")
+    if error:
+        lines.append(f"  error      {error}")
     return "\n".join(lines)
 
 

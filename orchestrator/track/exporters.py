@@ -42,7 +42,7 @@ def open_exporters(job: JobSpec, run_url: str, run_meta: dict) -> list[Exporter]
 
     `run_meta` is run.json's content: MLflow stores its run id under
     `run_meta["trackers"]` and reads it back when the run resumes, and reads
-    `run_meta["status"]` when closed ("failed" marks the MLflow run FAILED).
+    `run_meta["status"]` when closed ("failed" marks the MLflow run FAILED, "interrupted" KILLED).
     A missing package or an unusable setting is a SpecError naming the key.
     """
     opened: list[Exporter] = []
@@ -186,7 +186,7 @@ class MlflowExporter:
             self.client.log_batch(self.run_id, metrics=fresh[at : at + _MLFLOW_BATCH])
 
     def close(self) -> None:
-        status = "FAILED" if self.run_meta.get("status") == "failed" else "FINISHED"
+        status = {"failed": "FAILED", "interrupted": "KILLED"}.get(self.run_meta.get("status"), "FINISHED")
         self.client.set_terminated(self.run_id, status=status, end_time=int(time.time() * 1000))
 
     def _stored_last_step(self, name: str) -> int:

@@ -7,6 +7,8 @@ folder's lifecycle (when run.json is opened and finalized) is
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import time
 
@@ -14,11 +16,31 @@ from orchestrator.track.records import Kind
 
 
 def run_metadata(job: dict, previous: dict | None) -> dict:
-    """run.json at the start of a driver session, continuing `previous` when the run resumes."""
+    """run.json at the start of a driver session, continuing `previous` when the run resumes; it names
+    the driver (host and pid), so a session that died without a word can be told apart."""
     meta = previous or {"started_at": time.time(), "world_sizes": [], "restarts": [], "trackers": {}, "sessions": 0}
-    meta.update(name=job["name"], job=job, status="running", versions=_versions(), git_commit=_git_commit())
+    meta.update(name=job["name"], job=job, status="running", versions=_versions(), git_commit=_git_commit(),
+                driver={"host": socket.gethostname(), "pid": os.getpid()})
+    meta.pop("error", None)
     meta["sessions"] = meta.get("sessions", 0) + 1
     return meta
+
+
+def status(meta: dict) -> str:
+    """run.json's status, except that a run still "running" whose driver process is gone from this
+    host is "interrupted" (a killed driver; the same command resumes it). A driver on another host
+    cannot be checked from here and keeps "running"."""
+    recorded = meta.get("status") or "unknown"
+    driver = meta.get("driver") or {}
+    if recorded != "running" or driver.get("host") != socket.gethostname() or not driver.get("pid"):
+        return recorded
+    try:
+        os.kill(int(driver["pid"]), 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except PermissionError:  # alive, another user's
+        pass
+    return recorded
 
 
 def _versions() -> dict[str, str]:

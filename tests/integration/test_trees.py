@@ -25,6 +25,7 @@ from orchestrator.job import spec
 from orchestrator.results import predict, reports
 from orchestrator.train import boosters
 from orchestrator.train.boosting import measure, read_matrix
+from tests.unit.test_exporters import tensorboard_scalars
 
 CITIES = [f"city{i:02d}" for i in range(40)]
 # Bounds on |distributed - one process| for the same library and parameters. XGBoost's workers merge
@@ -106,7 +107,7 @@ def small_runs(small_table, tmp_path_factory):
 
     def run(kind: str, task: str):
         if (kind, task) not in finished:
-            job = spec.from_dict(tree_job(small_table, str(storage), kind, task))
+            job = spec.from_dict(tree_job(small_table, str(storage), kind, task, tracking={"tensorboard": True}))
             finished[kind, task] = job, launch.run(job)
         return finished[kind, task]
 
@@ -129,6 +130,8 @@ def test_two_workers_match_the_library_in_one_process(small_runs, kind, task):
     history = pq.read_table(pathlib.Path(summary.run_dir) / "metrics.parquet").to_pandas()
     rounds = history[history["name"] == "val/loss"]["step"].tolist()
     assert rounds == list(range(1, 41))  # one validation row per boosting round
+    exported = tensorboard_scalars(str(pathlib.Path(summary.run_dir) / "tensorboard"))
+    assert [step for step, _ in exported["val/loss"]] == rounds
 
 
 @pytest.fixture(scope="module")

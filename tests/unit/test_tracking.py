@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
+import subprocess
+import sys
 
 from orchestrator.job import spec
 from orchestrator.progress import ProgressPrinter
-from orchestrator.track.metadata import run_metadata
+from orchestrator.track.metadata import run_metadata, status
 from orchestrator.track.relay import Relay
 from orchestrator.track.summary import fit_diagnosis
 from orchestrator.train import stopping
@@ -92,3 +96,12 @@ def test_the_relay_never_lets_a_metric_step_rewind_and_survives_a_broken_exporte
     relay({"kind": "log", "rows": [row(2), row(3)]})  # step 2 replayed after a restart
     assert [r["step"] for r in collecting.rows] == [1, 2, 3]
     assert any(r["kind"] == "warning" and "tracker unreachable" in r["message"] for r in seen)
+
+
+def test_a_running_run_whose_driver_is_gone_reads_as_interrupted():
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    here = socket.gethostname()
+    assert status({"status": "running", "driver": {"host": here, "pid": int(gone.stdout)}}) == "interrupted"
+    assert status({"status": "running", "driver": {"host": here, "pid": os.getpid()}}) == "running"
+    assert status({"status": "running", "driver": {"host": "elsewhere", "pid": int(gone.stdout)}}) == "running"
+    assert status({"status": "finished", "driver": {"host": here, "pid": int(gone.stdout)}}) == "finished"

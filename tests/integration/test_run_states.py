@@ -1,0 +1,43 @@
+"""run.json tells the truth on every exit path: a refusal before training, Ctrl-C, a killed driver."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from orchestrator.driver import launch
+from orchestrator.errors import LaunchError
+from orchestrator.job import spec
+from orchestrator.results import reports
+from tests.conftest import regression_job
+
+
+def run_json(storage: pathlib.Path, name: str = "test-run") -> dict:
+    return json.loads((storage / name / "run.json").read_text())
+
+
+def test_a_job_refused_before_training_leaves_a_failed_run_with_its_cause(regression_data, tmp_path):
+    job = spec.from_dict(regression_job(regression_data[0], str(tmp_path), scaling={"workers": 64}))
+    with pytest.raises(LaunchError, match="cannot be placed"):
+        launch.run(job)
+    meta = run_json(tmp_path)
+    assert meta["status"] == "failed" and "cannot be placed" in meta["error"] and meta["ended_at"]
+    assert reports.open_run(str(tmp_path / "test-run")).status == "failed"
+
+
+def test_ctrl_c_leaves_an_interrupted_run_that_the_same_command_resumes(regression_data, tmp_path):
+    job = spec.from_dict(regression_job(regression_data[0], str(tmp_path)))
+
+    def interrupt(record: dict) -> None:
+        if record["kind"] == "checkpoint":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        launch.run(job, on_record=interrupt)
+    assert run_json(tmp_path)["status"] == "interrupted"
+    assert reports.open_run(str(tmp_path / "test-run")).status == "interrupted"
+    summary = launch.run(job)
+    assert summary.status == "finished" and summary.resumed_from_steps
+    assert run_json(tmp_path)["status"] == "finished" and "error" not in run_json(tmp_path)

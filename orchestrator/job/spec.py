@@ -97,7 +97,7 @@ class DataSpec:
     path: str  # Parquet file, directory or glob; any fsspec URL
     label: str  # the target column
     features: tuple[str, ...] | None = None  # input columns; None = every column but the label
-    # A fraction in (0, 1) held out deterministically, or a path/URL of separate Parquet.
+    # A fraction in (0, 1) held out deterministically, or a path/URL of separate Parquet; 0 or None: none.
     validation: float | str | None = None
     # World-size-independent streams the epoch is cut into; None resolves to
     # max(MIN_LANES, scaling max workers) after validation (resolve_lanes), so a built JobSpec holds an int.
@@ -298,15 +298,16 @@ def _plain(value: Any) -> Any:
 
 # ---- one builder per section; `_build` reports unknown keys after each -------------
 
-def _as_validation(value: Any) -> float | str:
+def _as_validation(value: Any) -> float | str | None:
     if isinstance(value, str) and value.strip():
         try:
             float(value)
         except ValueError:
             return value  # a path or URL of separate validation Parquet
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise Bad(f"expected a fraction in (0, 1) or a path/URL of Parquet, got {describe(value)}")
-    return ranged(as_float(value), above=0, below=1)
+        raise Bad(f"expected a fraction in [0, 1) (0: no validation) or a path/URL of Parquet, got {describe(value)}")
+    fraction = as_float(value)
+    return None if fraction == 0 else ranged(fraction, above=0, below=1)
 
 
 def _data(f: Fields) -> DataSpec:

@@ -20,6 +20,7 @@ class RunBoard:
         self._history: dict[int, dict] = {}
         self._epochs: dict[int, dict] = {}
         self._fault_claimed = False
+        self._fatal: dict | None = None
 
     def post(self, record: dict) -> None:
         record = {**record, "time": record.get("time", time.time())}
@@ -28,6 +29,8 @@ class RunBoard:
             self._history[record["step"]] = record  # a replayed step after a restart replaces, never repeats
         elif record["kind"] == Kind.EPOCH:
             self._epochs[record["epoch"]] = record
+        elif record["kind"] == Kind.FATAL and self._fatal is None:
+            self._fatal = record
 
     def drain(self) -> list[dict]:
         pending, self._pending = self._pending, []
@@ -38,6 +41,10 @@ class RunBoard:
 
     def epochs(self) -> list[dict]:
         return [self._epochs[epoch] for epoch in sorted(self._epochs)]
+
+    def fatal(self) -> dict | None:
+        """The first FATAL record posted in this run, if any: a group that restarts after one stops at once."""
+        return self._fatal
 
     def claim_fault(self) -> bool:
         """True exactly once per run: lets an injected fault fire once, not after every restart."""

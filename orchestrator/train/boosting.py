@@ -67,19 +67,26 @@ def train(config: dict) -> None:
     """Train the tree model of the job in `config` on this rank (the same config as `loop.train`).
 
     A mistake in the data or the job that every rank finds alike ends the run
-    without a retry, as that error.
+    without a retry, as that error; one a rank meets alone fails the group
+    once, and the restarted group stops at once.
     """
     job = spec.from_dict(config["job"])
     board = config["board"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    if ray.get(board.fatal.remote()) is not None:
+        return  # an earlier group met a mistake in the data or the job: retrying cannot help
     try:
         worker = _Booster(job, config["index"], config["validation_index"], board, rank, world)
     except OrchestratorError as error:  # the data or the job at fault, found alike on every rank
         if rank == 0:
             board.post.remote({"kind": Kind.FATAL, "message": str(error), "error_class": type(error).__name__})
         return
-    worker.run()
+    try:
+        worker.run()
+    except DataError as error:  # e.g. a corrupt page met by this rank only: the group fails, no retry
+        board.post.remote({"kind": Kind.FATAL, "message": str(error), "error_class": "DataError"})
+        raise
 
 
 def share(row_groups: int, world: int, rank: int) -> range:

@@ -79,7 +79,9 @@ def train(config: dict) -> None:
     ("board") and, for audits of the sample order, "audit_samples" (post every
     step's row ids). A mistake in the data or the job that every rank finds
     alike (data the preprocessing cannot fit, a loss the classes cannot meet)
-    ends the run without a retry, as that error.
+    ends the run without a retry, as that error; one a rank meets alone while
+    training (a corrupt page) fails the group once, and the group Ray Train
+    restarts stops at once (the RunBoard holds the first FATAL record).
     """
     job = spec.from_dict(config["job"])
     board = config["board"]
@@ -88,6 +90,8 @@ def train(config: dict) -> None:
     rehearsal = None
     if job.failure.inject or config.get("audit_samples"):
         rehearsal = Rehearsal(board, rank, job.failure.inject, bool(config.get("audit_samples")))
+    if ray.get(board.fatal.remote()) is not None:
+        return  # an earlier group met a mistake in the data or the job: retrying cannot help
     try:
         worker = _Worker(job, config["index"], config["validation_index"], board, rank, world,
                          ray.train.torch.get_device(), rehearsal)
@@ -95,7 +99,11 @@ def train(config: dict) -> None:
         if rank == 0:
             board.post.remote({"kind": Kind.FATAL, "message": str(error), "error_class": type(error).__name__})
         return
-    worker.run()
+    try:
+        worker.run()
+    except DataError as error:  # e.g. a corrupt page met by this rank only: the group fails, no retry
+        board.post.remote({"kind": Kind.FATAL, "message": str(error), "error_class": "DataError"})
+        raise
 
 
 class _Worker:
@@ -141,6 +149,10 @@ class _Worker:
         first_epoch = self.reader.plan(0)
         self.batches_per_epoch, self.dropped_rows = first_epoch.batches, first_epoch.dropped
         self.scheduler = optim.build_scheduler(job.schedule, self.optimizer, self.total_steps)
+        if job.schedule.warmup_steps >= self.total_steps and rank == 0 and self.resume_state is None:
+            self._warn(f"schedule.warmup_steps ({job.schedule.warmup_steps}) is not below the run's "
+                       f"{self.total_steps} steps: the learning rate never reaches optim.lr ({job.optim.lr:g}); "
+                       "lower the warmup or train longer")
         self.model = ray.train.torch.prepare_model(
             self.net,
             parallel_strategy_kwargs={

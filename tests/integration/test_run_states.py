@@ -28,9 +28,14 @@ def test_a_job_refused_before_training_leaves_a_failed_run_with_its_cause(regres
 
 
 def test_ctrl_c_leaves_an_interrupted_run_that_the_same_command_resumes(regression_data, tmp_path):
-    job = spec.from_dict(regression_job(regression_data[0], str(tmp_path)))
+    # A warmup longer than the run (84 steps) is accepted with a warning.
+    job = spec.from_dict(regression_job(regression_data[0], str(tmp_path), schedule={"warmup_steps": 100}))
+
+    warnings = []
 
     def interrupt(record: dict) -> None:
+        if record["kind"] == "warning":
+            warnings.append(record["message"])
         if record["kind"] == "checkpoint":
             raise KeyboardInterrupt
 
@@ -40,4 +45,23 @@ def test_ctrl_c_leaves_an_interrupted_run_that_the_same_command_resumes(regressi
     assert reports.open_run(str(tmp_path / "test-run")).status == "interrupted"
     summary = launch.run(job)
     assert summary.status == "finished" and summary.resumed_from_steps
+    assert any("schedule.warmup_steps (100) is not below the run's 84 steps" in w for w in warnings)
     assert run_json(tmp_path)["status"] == "finished" and "error" not in run_json(tmp_path)
+
+
+def test_a_corrupt_page_behind_a_valid_footer_fails_once_naming_the_file_and_row_group(regression_data, tmp_path):
+    import shutil
+
+    from orchestrator.errors import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(regression_data[0], data)
+    victim = sorted(data.glob("*.parquet"))[1]
+    raw = bytearray(victim.read_bytes())
+    raw[4:68] = b"\xff" * 64  # the first page header of the first column chunk; the footer stays valid
+    victim.write_bytes(bytes(raw))
+    job = spec.from_dict(regression_job(str(data), str(tmp_path / "runs")))
+    with pytest.raises(DataError) as info:
+        launch.run(job)
+    assert victim.name in str(info.value) and "row group 0" in str(info.value)
+    assert len(run_json(tmp_path / "runs")["restarts"]) == 0

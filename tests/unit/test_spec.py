@@ -298,7 +298,6 @@ def test_a_missing_batch_size_says_what_the_batch_size_means():
     ("model", "activation", "relu6", "model.activation: unknown activation 'relu6' (did you mean 'relu'? "
                                      "allowed: relu, gelu, tanh, silu, sigmoid)"),
     ("data", "validation", 1.0, "data.validation: must be in (0, 1), got 1"),
-    ("data", "validation", 0, "data.validation: must be in (0, 1), got 0"),
     ("data", "shuffle_window_rows", 0, "data.shuffle_window_rows: must be >= 1, got 0"),
     ("data", "prefetch_batches", -1, "data.prefetch_batches: must be >= 0, got -1"),
     ("data", "lanes", 0, "data.lanes: must be >= 1, got 0"),
@@ -566,3 +565,8 @@ def test_a_spec_error_survives_pickling_with_its_problems_and_source():
     assert isinstance(error, SpecError)
     assert error.problems == info.value.problems and len(error.problems) == 2
     assert error.source == "jobs/x.yaml" and str(error) == str(info.value)
+
+
+def test_validation_zero_means_no_validation():
+    assert spec.from_dict(minimal(data={"path": "p", "label": "y", "validation": 0})).data.validation is None
+    assert spec.from_dict(minimal(data={"path": "p", "label": "y", "validation": 0.0})).data.validation is None

@@ -281,7 +281,7 @@ def _trainer(prepared: PreparedJob, board, audit_samples: bool):
     LightGBMTrainer for trees, with the same config, scaling, storage, failure and checkpoint settings."""
     import ray.train
 
-    job = prepared.job
+    job, backend = prepared.job, {}
     if job.model.kind == "xgboost":
         from ray.train.xgboost import XGBoostTrainer as Trainer
 
@@ -291,13 +291,21 @@ def _trainer(prepared: PreparedJob, board, audit_samples: bool):
 
         from orchestrator.train.boosting import train
     else:
+        from ray.train.torch import TorchConfig
         from ray.train.torch import TorchTrainer as Trainer
 
         from orchestrator.train.loop import train
+
+        # A collective waiting on a peer that is gone gives up well before torch's 1800 s: the
+        # controller's health check (below) normally ends the group first.
+        backend = {"torch_config": TorchConfig(timeout_s=int(HANG_TO_COLLECTIVE_TIMEOUT * job.failure.hang_timeout_s))}
+    # Ray Train reads it from the driver's environment when the controller starts and passes it on.
+    os.environ["RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"] = f"{job.failure.hang_timeout_s:g}"
     fs, run_root = storage.arrow_filesystem(job.storage)
     workers = job.scaling.workers if isinstance(job.scaling.workers, int) else tuple(job.scaling.workers)
     return Trainer(
         train,
+        **backend,
         train_loop_config={
             "job": job.to_dict(),
             "index": prepared.index,
@@ -319,6 +327,9 @@ def _trainer(prepared: PreparedJob, board, audit_samples: bool):
             callbacks=[_failure_reporter(board)],
         ),
     )
+
+
+HANG_TO_COLLECTIVE_TIMEOUT = 5  # torch's process-group timeout, in failure.hang_timeout_s
 
 
 def _failure_reporter(board):

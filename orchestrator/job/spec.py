@@ -231,6 +231,9 @@ class FailureSpec:
     """How many worker-group failures the run survives."""
 
     max_failures: int = 3  # restarts from the newest checkpoint; -1 = unlimited
+    # A worker that answers none of Ray Train's health checks for this long (stopped, frozen) is treated
+    # as dead: the group restarts from the newest checkpoint. Ray Train's own default is 600 s.
+    hang_timeout_s: float = 60.0
     inject: FaultInjection | None = None  # a deliberate failure, to test recovery
 
 
@@ -466,6 +469,7 @@ def _checkpoint(f: Fields) -> CheckpointSpec:
 
 def _failure(f: Fields) -> FailureSpec:
     max_failures = f.int("max_failures", min=-1)
+    hang_timeout_s = f.float("hang_timeout_s", above=0)
     inject, rehearsal = f.section("inject", empty_when_absent=False, schema=FaultInjection), None
     if inject is not None:
         rehearsal = FaultInjection(
@@ -473,7 +477,7 @@ def _failure(f: Fields) -> FailureSpec:
             rank=inject.int("rank", min=0),
         )
         inject.finish()
-    return FailureSpec(max_failures=max_failures, inject=rehearsal)
+    return FailureSpec(max_failures=max_failures, inject=rehearsal, hang_timeout_s=hang_timeout_s)
 
 
 def _early_stopping(f: Fields) -> EarlyStoppingSpec | None:

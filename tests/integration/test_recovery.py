@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -211,3 +213,28 @@ def test_a_killed_driver_rerun_with_the_same_command_resumes_and_ends_bit_identi
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming recovery from its checkpoint at step" in rerun.stdout
     assert_identical(load_weights(tmp_path / "runs" / "recovery"), weights)
+
+
+def test_a_stopped_worker_is_treated_as_dead_after_the_hang_timeout_and_the_run_ends_bit_identical(
+    reference, regression_data, tmp_path
+):
+    weights, _, _ = reference
+    stopped: list[int] = []
+
+    def freeze(recorder: Recorder, record: dict) -> None:
+        if not stopped and record["kind"] == "checkpoint" and record["step"] >= 20:
+            os.kill(recorder.pids[1], signal.SIGSTOP)  # alive but silent: no exit for Ray to notice
+            stopped.append(recorder.pids[1])
+
+    raw = recovery_job(regression_data[0], str(tmp_path))
+    raw["failure"] = {"max_failures": 4, "hang_timeout_s": 5}
+    try:
+        summary = launch.run(spec.from_dict(raw), on_record=Recorder(freeze))
+    finally:
+        for pid in stopped:  # never leave a stopped process behind, whatever happened
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert stopped and summary.status == "finished" and summary.restarts == 1
+    meta = json.loads((tmp_path / "recovery" / "run.json").read_text())
+    assert "rank 1" in meta["restarts"][0]["cause"]
+    assert_identical(load_weights(summary.run_dir), weights)

@@ -173,12 +173,17 @@ def run(
     started_at = time.time()
     prepared = prepare(job)
     fs, run_path = storage.arrow_filesystem(prepared.run_url)
-    finished = runfolder.open_run(fs, run_path, prepared.run_url, prepared.job, fresh, on_record)
-    if finished is not None:
-        return finished
     run_file = f"{run_path}/{runfolder.RUN_FILE}"
-    meta = run_metadata(prepared.job.to_dict(), storage.read_json(fs, run_file))
-    storage.write_json(fs, run_file, meta)
+    try:  # the first writes: storage that cannot be written is refused here, before Ray starts
+        finished = runfolder.open_run(fs, run_path, prepared.run_url, prepared.job, fresh, on_record)
+        if finished is not None:
+            return finished
+        meta = run_metadata(prepared.job.to_dict(), storage.read_json(fs, run_file))
+        storage.write_json(fs, run_file, meta)
+    except OSError as error:
+        raise LaunchError(f"storage {prepared.job.storage!r}: the run folder {prepared.run_url!r} cannot be "
+                          f"written ({first_line(error)}). Point storage (--storage) at a path or URL this "
+                          "machine and every worker can write.") from None
 
     meta["status"] = "failed"  # until training ends well; exporters read it when they close
     relay, embedded = None, False

@@ -40,6 +40,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -262,18 +263,37 @@ def newest_first(fs: pyarrow.fs.FileSystem, run_path: str) -> list[str]:
     return _names(fs, run_path, _DIR_NAME)
 
 
+UPLOAD_ATTEMPTS = 4  # tries of each file of a checkpoint upload
+UPLOAD_BACKOFF_S = 0.5  # the wait before the second try; doubled before each next one
+
+
 def upload(local_directory: str, fs: pyarrow.fs.FileSystem, destination: str) -> None:
-    """Copy a saved checkpoint into storage, the manifest last: a manifest in storage means complete."""
-    fs.create_dir(destination, recursive=True)
+    """Copy a saved checkpoint into storage, the manifest last: a manifest in storage means complete.
+
+    Each file is tried UPLOAD_ATTEMPTS times with exponential backoff; a failure that persists raises
+    the storage's OSError, and the checkpoint, without its manifest, never looks complete.
+    """
+    _retried(lambda: fs.create_dir(destination, recursive=True))
     names = sorted(os.listdir(local_directory), key=lambda name: name == MANIFEST_FILE)
     local = pyarrow.fs.LocalFileSystem()
     for name in names:
-        pyarrow.fs.copy_files(
+        _retried(lambda name=name: pyarrow.fs.copy_files(
             os.path.join(local_directory, name),
             f"{destination}/{name}",
             source_filesystem=local,
             destination_filesystem=fs,
-        )
+        ))
+
+
+def _retried(action) -> None:
+    for attempt in range(UPLOAD_ATTEMPTS):
+        try:
+            action()
+            return
+        except OSError:
+            if attempt == UPLOAD_ATTEMPTS - 1:
+                raise
+            time.sleep(UPLOAD_BACKOFF_S * 2 ** attempt)
 
 
 class Uploader:
@@ -287,6 +307,7 @@ class Uploader:
 
     def __init__(self, fs: pyarrow.fs.FileSystem, run_path: str, max_pending: int = 2):
         self.fs, self.run_path, self.max_pending = fs, run_path, max_pending
+        self.completed: str | None = None  # the newest checkpoint this uploader finished
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-upload")
         self._futures: list[concurrent.futures.Future] = []
 
@@ -303,9 +324,17 @@ class Uploader:
 
         def work() -> str:
             destination = f"{self.run_path}/{name}"
-            upload(local_directory, self.fs, destination)
+            try:
+                upload(local_directory, self.fs, destination)
+            except OSError as error:
+                resume = (f"{self.completed} stays the newest complete one, the point a restart resumes from"
+                          if self.completed else "the newest complete checkpoint already in the run folder, "
+                          "if any, stays the point a restart resumes from")
+                raise CheckpointError(f"checkpoint {name} could not be uploaded to {destination} after "
+                                      f"{UPLOAD_ATTEMPTS} tries ({first_line(error)}); {resume}") from None
             if not keep_local:
                 shutil.rmtree(local_directory, ignore_errors=True)
+            self.completed = name
             on_done()
             return destination
 

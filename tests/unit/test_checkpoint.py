@@ -10,6 +10,7 @@ import pickle
 import pyarrow.fs
 import pytest
 import torch
+from fsspec.implementations.memory import MemoryFileSystem
 
 from orchestrator.data.plan import Cursor
 from orchestrator.errors import CheckpointError
@@ -149,3 +150,57 @@ def test_prune_keeps_the_newest_complete_checkpoints_and_drops_half_written_ones
 def test_checkpoint_errors_survive_pickling():
     error = pickle.loads(pickle.dumps(CheckpointError("checkpoint x is corrupt")))
     assert isinstance(error, CheckpointError) and str(error) == "checkpoint x is corrupt"
+
+
+class FlakyFileSystem(MemoryFileSystem):
+    """An in-memory fsspec filesystem whose opens for writing fail `failures` times, then succeed."""
+
+    protocol = "flaky"
+
+    def __init__(self, failures: int, **kwargs):
+        super().__init__(**kwargs)
+        self.store, self.pseudo_dirs = {}, [""]  # its own files, not MemoryFileSystem's shared ones
+        self.failures, self.attempts = failures, 0
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "w" in mode:
+            self.attempts += 1
+            if self.failures > 0:
+                self.failures -= 1
+                raise OSError("503 Slow Down (injected)")
+        return super()._open(path, mode, **kwargs)
+
+
+def saved_checkpoint(directory, step: int) -> str:
+    local = directory / f"local-{step}"
+    local.mkdir()
+    checkpoint.save(make_state(step=step), str(local))
+    return str(local)
+
+
+def test_a_transient_upload_failure_is_retried_and_the_checkpoint_completes(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "UPLOAD_BACKOFF_S", 0.01)
+    flaky = FlakyFileSystem(failures=2, skip_instance_cache=True)
+    fs = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(flaky))
+    uploader = checkpoint.Uploader(fs, "/run")
+    uploader.submit(saved_checkpoint(tmp_path, 10), checkpoint.dir_name(10)).result()
+    uploader.close()
+    assert checkpoint.peek(fs, f"/run/{checkpoint.dir_name(10)}") is not None
+    assert flaky.attempts > len(os.listdir(tmp_path)) and flaky.failures == 0
+
+
+def test_a_persistent_upload_failure_fails_naming_the_resume_point_and_never_looks_complete(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "UPLOAD_BACKOFF_S", 0.01)
+    flaky = FlakyFileSystem(failures=0, skip_instance_cache=True)
+    fs = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(flaky))
+    uploader = checkpoint.Uploader(fs, "/run")
+    uploader.submit(saved_checkpoint(tmp_path, 10), checkpoint.dir_name(10)).result()
+    flaky.failures = 10**6  # storage goes away for good
+    future = uploader.submit(saved_checkpoint(tmp_path, 20), checkpoint.dir_name(20))
+    with pytest.raises(CheckpointError) as info:
+        future.result()
+    message = str(info.value)
+    assert "step-00000020 could not be uploaded" in message and "503 Slow Down" in message
+    assert "step-00000010 stays the newest complete one" in message
+    assert checkpoint.peek(fs, f"/run/{checkpoint.dir_name(20)}") is None
+    assert [name for name, _ in checkpoint.complete_newest_first(fs, "/run")] == ["step-00000010"]

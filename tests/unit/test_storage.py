@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import fsspec
 import pyarrow as pa
@@ -11,7 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator import storage
-from orchestrator.errors import DataError
+from orchestrator.driver import launch
+from orchestrator.errors import DataError, LaunchError
+from orchestrator.job import spec
+from tests.conftest import regression_job
 
 
 @pytest.fixture
@@ -119,3 +123,13 @@ def test_missing_optional_package_says_what_to_pip_install():
 )
 def test_join_appends_parts_with_single_slashes_and_keeps_the_protocol(url, parts, joined):
     assert storage.join(url, *parts) == joined
+
+
+def test_storage_that_cannot_be_written_is_refused_before_ray_starts_naming_it(regression_data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    job = spec.from_dict(regression_job(regression_data[0], str(blocker / "runs")))
+    with pytest.raises(LaunchError) as info:
+        launch.run(job)
+    assert f"storage '{blocker / 'runs'}'" in str(info.value) and "cannot be written" in str(info.value)
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()

@@ -359,10 +359,15 @@ def _print_plan(asked: spec.JobSpec) -> None:
     if index.label_nulls:
         print(f"  label       {index.label_nulls:,} row(s) without a label: "
               f"{'skipped in training and counted' if job.data.null_labels == 'drop' else 'refused'}")
-    print(
-        f"  per epoch   {prepared.batches_per_epoch} global batches of {job.train.batch_size}, "
-        f"{prepared.dropped_rows} rows dropped"
-    )
+    if job.model.trees:
+        print(f"  training    {job.model.rounds} {job.model.kind} boosting rounds; each of "
+              f"{job.scaling.max_workers} worker(s) reads whole row groups")
+    else:
+        print(f"  per epoch   {prepared.batches_per_epoch} global batches of {job.train.batch_size}, "
+              f"{prepared.dropped_rows} rows dropped")
+        warmup = spec.warmup_warning(job, spec.total_steps(job.train, prepared.batches_per_epoch))
+        if warmup:
+            print(f"  warning     {warmup}")
     print(f"  run folder  {prepared.run_url}")
 
 

@@ -50,7 +50,7 @@ from orchestrator.job.fields import (
 __all__ = [
     "DataSpec", "ModelSpec", "LossSpec", "OptimSpec", "ScheduleSpec", "TrainSpec", "ScalingSpec",
     "GenerateSpec", "EarlyStoppingSpec", "TrackingSpec", "FaultInjection", "CheckpointSpec", "FailureSpec", "JobSpec", "load", "from_dict", "apply_overrides",
-    "resolve_lanes", "CLASSIFICATION_LOSSES", "EARLY_STOPPING_METRICS", "MAXIMIZED_METRICS",
+    "resolve_lanes", "total_steps", "warmup_warning", "CLASSIFICATION_LOSSES", "EARLY_STOPPING_METRICS", "MAXIMIZED_METRICS",
 ]
 
 TREE_MODELS = ("xgboost", "lightgbm")  # gradient-boosted trees (train.boosting), not torch networks
@@ -284,6 +284,23 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain dicts, lists and scalars; `from_dict(spec.to_dict()) == spec`."""
         return _plain(dataclasses.asdict(self))
+
+
+def total_steps(train: TrainSpec, batches_per_epoch: int) -> int:
+    """The optimizer steps a network's run takes: train.max_steps or epochs × batches, the first reached."""
+    limits = [train.max_steps] if train.max_steps else []
+    if train.epochs:
+        limits.append(train.epochs * batches_per_epoch)
+    return min(limits)
+
+
+def warmup_warning(job: JobSpec, steps: int) -> str | None:
+    """What to tell a user whose warmup is not shorter than the run's `steps`; None when it is."""
+    warmup = job.schedule.warmup_steps
+    if warmup < steps:
+        return None
+    return (f"schedule.warmup_steps ({warmup}) is not below the run's {steps} steps: the learning rate never "
+            f"reaches optim.lr ({job.optim.lr:g}); lower the warmup or train longer")
 
 
 def resolve_lanes(data_lanes: int | None, max_workers: int) -> int:

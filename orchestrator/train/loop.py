@@ -149,10 +149,9 @@ class _Worker:
         first_epoch = self.reader.plan(0)
         self.batches_per_epoch, self.dropped_rows = first_epoch.batches, first_epoch.dropped
         self.scheduler = optim.build_scheduler(job.schedule, self.optimizer, self.total_steps)
-        if job.schedule.warmup_steps >= self.total_steps and rank == 0 and self.resume_state is None:
-            self._warn(f"schedule.warmup_steps ({job.schedule.warmup_steps}) is not below the run's "
-                       f"{self.total_steps} steps: the learning rate never reaches optim.lr ({job.optim.lr:g}); "
-                       "lower the warmup or train longer")
+        warmup = spec.warmup_warning(job, self.total_steps)
+        if warmup and self.resume_state is None:
+            self._warn(warmup)
         self.model = ray.train.torch.prepare_model(
             self.net,
             parallel_strategy_kwargs={
@@ -178,10 +177,7 @@ class _Worker:
 
     @property
     def total_steps(self) -> int:
-        limits = [self.job.train.max_steps] if self.job.train.max_steps else []
-        if self.job.train.epochs:
-            limits.append(self.job.train.epochs * self.batches_per_epoch)
-        return min(limits)
+        return spec.total_steps(self.job.train, self.batches_per_epoch)
 
     # -- the loop -----------------------------------------------------------
 

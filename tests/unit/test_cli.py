@@ -150,3 +150,17 @@ def test_validate_of_a_job_whose_data_is_generated_writes_nothing_and_checks_a_c
     assert f"no data at {tmp_path / 'data' / 'gen'} yet; the first run writes 3,000 regression rows there" in out
     assert "job test-run: OK" in out and "2 file(s)" in out and "3,000 rows" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+
+
+def test_validate_warns_of_a_warmup_longer_than_the_run_and_describes_a_tree_job(tmp_path, regression_data, capsys):
+    raw = regression_job(regression_data[0], str(tmp_path / "runs"), schedule={"warmup_steps": 1000})
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    assert cli.main(["validate", str(job_file)]) == 0
+    assert "warning     schedule.warmup_steps (1000) is not below the run's" in capsys.readouterr().out
+
+    trees = {key: value for key, value in raw.items() if key not in ("optim", "schedule", "train")}
+    job_file.write_text(yaml.safe_dump({**trees, "model": {"kind": "xgboost", "rounds": 50}}))
+    assert cli.main(["validate", str(job_file)]) == 0
+    out = capsys.readouterr().out
+    assert "training    50 xgboost boosting rounds" in out and "global batches" not in out

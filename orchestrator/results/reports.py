@@ -183,7 +183,8 @@ def runs_table(runs: list[Run]) -> str:
     rows = [header]
     for run in runs:
         best = best_validation(run)
-        where = f" (epoch {best[2] + 1})" if best and best[2] is not None else ""
+        unit = "round" if _is_trees(run) else "epoch"  # a tree run records one "epoch" per boosting round
+        where = f" ({unit} {best[2] + 1})" if best and best[2] is not None else ""
         shown = f"{best[0]} {_number(best[1])}{where}" if best else "-"
         rows.append((run.name, run.status, str(steps(run)), shown, duration(duration_s(run)), world_size(run)))
     return _table(rows)
@@ -203,14 +204,15 @@ def describe(run: Run) -> str:
     if fit:
         lines.append(f"  fit        train/validation gap {_number(fit['gap'])} "
                      f"(validation loss {_number(fit['validation_loss'])} - train loss {_number(fit['train_loss'])}); "
-                     f"validation best at epoch {fit['best_validation_epoch']}")
+                     f"validation best at {'round' if _is_trees(run) else 'epoch'} {fit['best_validation_epoch']}")
         if fit.get("reading"):
             lines.append(f"             {fit['reading']}")
     stopping = meta.get("early_stopping")
     if stopping:
-        lines.append(f"  stopped    early at step {stopping.get('stopped_at_step')}; best "
-                     f"{_number(stopping.get('best_value'))} at step {stopping.get('best_step')} "
-                     f"(epoch {(stopping.get('best_epoch') or 0) + 1})")
+        best_at = (f"round {stopping.get('best_step')}" if _is_trees(run) else
+                   f"step {stopping.get('best_step')} (epoch {(stopping.get('best_epoch') or 0) + 1})")
+        stopped_at = f"{'round' if _is_trees(run) else 'step'} {stopping.get('stopped_at_step')}"
+        lines.append(f"  stopped    early at {stopped_at}; best {_number(stopping.get('best_value'))} at {best_at}")
     for restart in meta.get("restarts") or []:
         lines.append(f"  restart    resumed at step {restart.get('resumed_step') or 0} with "
                      f"{restart.get('world_size')} worker(s): {restart.get('cause')}")

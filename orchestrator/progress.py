@@ -40,6 +40,9 @@ class ProgressPrinter:
             self.bar_shown = False
         print(text, file=stream or self.out, flush=True)
 
+    def _on_phase(self, r: dict) -> None:
+        self._line(r["message"])
+
     def _on_resume(self, r: dict) -> None:
         self._line(f"resuming {self.job.name} from its checkpoint at step {r['step']} ({r['checkpoint']})")
 

@@ -57,11 +57,13 @@ class PreparedJob:
         return storage.join(self.job.storage, self.job.name)
 
 
-def prepare(job: JobSpec, *, generate: bool = True) -> PreparedJob:
+def prepare(job: JobSpec, *, generate: bool = True, announce: Callable[[str], None] = lambda message: None
+            ) -> PreparedJob:
     """Resolve paths and check the data against the job, reading only Parquet footers.
 
     When `data.path` holds no files, the dataset `data.generate` describes is
     written there first, unless `generate` is False (then nothing is written).
+    `announce` hears each slow step before it starts (writing data, reading footers).
     Raises DataError / SpecError naming the file, column or key at fault.
     """
     validation = job.data.validation
@@ -73,7 +75,8 @@ def prepare(job: JobSpec, *, generate: bool = True) -> PreparedJob:
         storage=storage.absolute(job.storage),
     )
     if generate and job.data.generate is not None:
-        _generate_if_missing(job.data.path, job.data.generate)
+        _generate_if_missing(job.data.path, job.data.generate, announce)
+    announce(f"reading the Parquet footers at {job.data.path} …")
     classification = job.loss.name in CLASSIFICATION_LOSSES
     index = source.scan(job.data.path, job.data.label, job.data.features, exclude=job.data.exclude,
                         overrides=job.data.columns, classification=classification)
@@ -134,7 +137,7 @@ def _node_resources() -> list[dict]:
     return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
 
 
-def _generate_if_missing(path: str, generate) -> None:
+def _generate_if_missing(path: str, generate, announce: Callable[[str], None]) -> None:
     """Write the job's synthetic dataset into the directory `path` names, unless files are there."""
     from orchestrator.data import synthetic
 
@@ -149,6 +152,8 @@ def _generate_if_missing(path: str, generate) -> None:
         directory = directory.rsplit("/", 1)[0] if not directory.endswith("/") else directory
     elif path.endswith(source.PARQUET_SUFFIXES):
         directory = path.rsplit("/", 1)[0]
+    announce(f"writing {generate.rows:,} rows of {generate.kind} demo data into {directory.rstrip('/')} "
+             "(data.generate; once) …")
     synthetic.write(generate, directory.rstrip("/"))
 
 
@@ -171,7 +176,13 @@ def run(
     Raises an OrchestratorError for a job that cannot run or training that failed.
     """
     started_at = time.time()
-    prepared = prepare(job)
+
+    def announce(message: str) -> None:
+        on_record({"kind": Kind.PHASE, "message": message, "time": time.time()})
+
+    prepared = prepare(job, announce=announce)
+    index = prepared.index
+    announce(f"data: {len(index.files)} file(s), {len(index.row_groups)} row group(s), {index.num_rows:,} rows")
     fs, run_path = storage.arrow_filesystem(prepared.run_url)
     run_file = f"{run_path}/{runfolder.RUN_FILE}"
     try:  # the first writes: storage that cannot be written is refused here, before Ray starts
@@ -192,7 +203,7 @@ def run(
         import ray  # deferred: `orchestrator validate` never pays for importing Ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        embedded = _connect(address, verbose)
+        embedded = _connect(address, verbose, announce)
         _check_resources(prepared.job)
         _check_storage(prepared.job)
         if prepared.job.model.trees:
@@ -200,6 +211,9 @@ def run(
         # On the driver's node: losing a worker node must not lose the run's progress board.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         board = ray.remote(RunBoard).options(num_cpus=0, scheduling_strategy=here).remote()
+        scaling = prepared.job.scaling
+        announce(f"starting {scaling.max_workers} Ray Train worker(s) ({prepared.job.model.kind}, "
+                 f"{scaling.cpus_per_worker:g} CPU(s) each) …")
         records, error = _fit(prepared, board, relay, audit_samples)
         meta["status"] = "failed" if error else "finished"
         summary = summarize(job.name, prepared.run_url, records, started_at)
@@ -349,7 +363,7 @@ def _failure_reporter(board):
     return FailureReporter()
 
 
-def _connect(address: str | None, verbose: bool) -> bool:
+def _connect(address: str | None, verbose: bool, announce: Callable[[str], None]) -> bool:
     """Join the cluster at `address` / RAY_ADDRESS, or start an embedded one; True if started here."""
     import ray
 
@@ -363,10 +377,12 @@ def _connect(address: str | None, verbose: bool) -> bool:
         return False
     if address:
         _require_reachable(address)
+        announce(f"joining the Ray cluster at {address} …")
         ray.init(address=address, log_to_driver=verbose, logging_level=quiet)
         return False
     # Workers of the embedded cluster import user model modules (jobs/…) from here.
     python_path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+    announce(f"starting a local Ray with {os.cpu_count()} CPU(s) …")
     ray.init(
         num_cpus=os.cpu_count(),
         include_dashboard=False,

@@ -16,6 +16,7 @@ class Kind(str, enum.Enum):
     # a worker group began (world_size, resumed_step or None, null_labels: training rows without a label,
     # preprocessing_fit_s: seconds the statistics pass took, None when the group loaded them)
     START = "start"
+    PHASE = "phase"  # the driver is about to do something slow before training (message); not on the board
     WORKER = "worker"  # a rank is running (rank, pid)
     SAMPLES = "samples"  # with audit_samples: the row ids a rank trains on at a step (rank, step, epoch, ids)
     FIRST_STEP = "first_step"  # the first optimizer step of a group finished

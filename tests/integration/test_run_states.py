@@ -31,11 +31,13 @@ def test_ctrl_c_leaves_an_interrupted_run_that_the_same_command_resumes(regressi
     # A warmup longer than the run (84 steps) is accepted with a warning.
     job = spec.from_dict(regression_job(regression_data[0], str(tmp_path), schedule={"warmup_steps": 100}))
 
-    warnings = []
+    warnings, phases = [], []
 
     def interrupt(record: dict) -> None:
         if record["kind"] == "warning":
             warnings.append(record["message"])
+        if record["kind"] == "phase":  # what the driver says while it starts, before any worker reports
+            phases.append(record["message"])
         if record["kind"] == "checkpoint":
             raise KeyboardInterrupt
 
@@ -46,6 +48,8 @@ def test_ctrl_c_leaves_an_interrupted_run_that_the_same_command_resumes(regressi
     summary = launch.run(job)
     assert summary.status == "finished" and summary.resumed_from_steps
     assert any("schedule.warmup_steps (100) is not below the run's 84 steps" in w for w in warnings)
+    assert phases[0].startswith("reading the Parquet footers at ") and phases[1].startswith("data: 3 file(s)")
+    assert phases[-1] == "starting 2 Ray Train worker(s) (linear, 1 CPU(s) each) …"
     assert run_json(tmp_path)["status"] == "finished" and "error" not in run_json(tmp_path)
 
 

@@ -114,7 +114,7 @@ def test_a_finished_run_run_again_is_reported_as_already_complete(reference, reg
     seen = []
     job = spec.from_dict(recovery_job(regression_data[0], str(pathlib.Path(summary.run_dir).parent)))
     again = launch.run(job, on_record=seen.append)
-    assert [r["kind"] for r in seen] == ["already_complete"]
+    assert [r["kind"] for r in seen if r["kind"] != "phase"] == ["already_complete"]  # nothing trained
     assert again.status == "finished" and again.steps == summary.steps
 
 

@@ -69,10 +69,12 @@ def ensure(size: str) -> tuple[pathlib.Path, pathlib.Path]:
 
 def shard_bytes(train: str, workers: int) -> int:
     """The Arrow bytes of the largest worker's share of the row groups (features and label)."""
+    from orchestrator.data.plan import contiguous_share
+
     files = sorted(pathlib.Path(train).glob("*.parquet"))
     groups = [(f, i) for f in files for i in range(pq.ParquetFile(f).num_row_groups)]
-    shares = [groups[len(groups) * r // workers:len(groups) * (r + 1) // workers] for r in range(workers)]
-    return max(sum(pq.ParquetFile(f).read_row_group(i).nbytes for f, i in share) for share in shares)
+    return max(sum(pq.ParquetFile(groups[p][0]).read_row_group(groups[p][1]).nbytes
+                   for p in contiguous_share(len(groups), workers, rank)) for rank in range(workers))
 
 
 def ours(kind: str, workers: int, train: str, validation: str, size: str) -> dict:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from orchestrator.data.partials import require_columns
-from orchestrator.data.plan import holdout_count
+from orchestrator.data.plan import contiguous_share, holdout_count
 from orchestrator.data.preprocess import Preprocessing
 from orchestrator.data.transforms import (
     BooleanStats,
@@ -183,8 +183,8 @@ def bytes_per_worker(index, holdout_fraction: float, workers: int, validation_ro
     its float32 matrix, the library's binned copy (a byte a value), and the validation rows and
     train probe every rank holds as float32."""
     groups = index.row_groups
-    shares = [groups[len(groups) * r // workers:len(groups) * (r + 1) // workers] for r in range(workers)]
-    largest = max(sum(rg.num_rows - holdout_count(rg.num_rows, holdout_fraction) for rg in share) for share in shares)
+    largest = max(sum(groups[p].num_rows - holdout_count(groups[p].num_rows, holdout_fraction)
+                      for p in contiguous_share(len(groups), workers, rank)) for rank in range(workers))
     width = planned_width(index.columns)
     return width * (largest * (4 + 1) + (validation_rows + probe_rows) * 4)
 

@@ -249,6 +249,12 @@ def plan_epoch(
     return plan
 
 
+def contiguous_share(row_groups: int, world_size: int, rank: int) -> range:
+    """The positions of the row groups rank `rank` reads whole, in a contiguous run: the statistics
+    pass (every model) and a tree model's training matrix. The shares of all ranks cover each once."""
+    return range(row_groups * rank // world_size, row_groups * (rank + 1) // world_size)
+
+
 def validation_share(total_rows: int, world_size: int, rank: int) -> tuple[int, int]:
     """The [start, stop) range of validation rows rank `rank` evaluates; shares cover all rows once."""
     return total_rows * rank // world_size, total_rows * (rank + 1) // world_size

@@ -377,7 +377,7 @@ def fit_nodes(index: DatasetIndex, holdout_fraction: float, world_size: int,
     cover every row group once; `preprocess.assemble` merges them into the same root at any world
     size. Holds O(log row groups) partials at a time."""
     n = len(index.row_groups)
-    lo, hi = n * rank // world_size, n * (rank + 1) // world_size
+    mine = planning.contiguous_share(n, world_size, rank)
     source = RowGroupSource(index, preprocessing=None)
 
     def leaf(position: int) -> Partial:
@@ -390,7 +390,7 @@ def fit_nodes(index: DatasetIndex, holdout_fraction: float, world_size: int,
         return partial
 
     try:
-        return {(a, b): reduce(index.columns, leaf, a, b) for a, b in tree_nodes(n, lo, hi)}
+        return {(a, b): reduce(index.columns, leaf, a, b) for a, b in tree_nodes(n, mine.start, mine.stop)}
     finally:
         source.close()
 

@@ -212,13 +212,13 @@ def _labelled_outputs(trained: TrainedModel, index, batch_rows: int) -> Iterator
                                             holdout_fraction=None, label_dtype=models.label_dtype(job.loss)):
                 yield net(batch.numeric, batch.codes), batch.labels
         return
-    outputs_of, source = trained.outputs_of(), RowGroupSource(index, None)
+    library, source = boosters.library(job.model.kind), RowGroupSource(index, None)
+    booster = library.load(trained.state)
     try:
         for position in range(len(index.row_groups)):
-            table = source.table(position, None)
-            matrix = tree_matrix(pre, table)
-            labels = boosters.network_labels(matrix.labels, pre.label, job.loss.name)
-            yield outputs_of(table), labels
+            matrix = tree_matrix(pre, source.table(position, None))
+            yield (boosters.network_outputs(library.margins(booster, matrix.features), pre.label),
+                   boosters.network_labels(matrix.labels, pre.label, job.loss.name))
     finally:
         source.close()
 

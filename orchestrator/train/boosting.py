@@ -89,11 +89,6 @@ def train(config: dict) -> None:
         raise
 
 
-def share(row_groups: int, world: int, rank: int) -> range:
-    """The positions of the row groups rank `rank` trains on: a contiguous share, as `fit_nodes` reads."""
-    return range(row_groups * rank // world, row_groups * (rank + 1) // world)
-
-
 def probe_rows(index: DatasetIndex, holdout_fraction: float, limit: int = PROBE_ROWS) -> list[tuple[int, np.ndarray]]:
     """(position, local rows) of the train probe: every training row when there are at most `limit`,
     else about `limit` rows — the first training rows of row groups spread evenly over the data."""
@@ -130,7 +125,8 @@ def measure(margins: np.ndarray, labels: np.ndarray, label: LabelStats, loss: sp
 
 
 def read_matrix(source: RowGroupSource, pre, parts: list[tuple[int, np.ndarray | None]], width: int) -> TreeMatrix:
-    """The tree matrix of the given (row group, rows) parts, filled in place: one copy of the data."""
+    """The tree matrix of the given (row group, local rows or None for all) parts, filled in place
+    (one copy of the data), keeping only the rows with a label (a class training had)."""
     counts = [source.index.row_groups[p].num_rows if rows is None else len(rows) for p, rows in parts]
     features = np.empty((sum(counts), width), np.float32)
     labels, at = [], 0
@@ -178,7 +174,7 @@ class _Booster:
         width = len(self.features.names)
         self.index = index
         self.shard = [(p, planning.train_rows(index.row_groups[p].first_row, index.row_groups[p].num_rows, holdout)
-                       if holdout else None) for p in share(len(index.row_groups), world, rank)]
+                       if holdout else None) for p in planning.contiguous_share(len(index.row_groups), world, rank)]
         source = RowGroupSource(index, None)
         try:
             self.probe = read_matrix(source, self.preprocessing, probe_rows(index, holdout), width)

@@ -215,6 +215,8 @@ def test_predict_on_rows_with_unseen_categories_and_nulls(small_runs, tmp_path):
     assert set(out["prediction"]) <= {"a", "b", "c"}
     total = np.array(out["probability_a"]) + np.array(out["probability_b"]) + np.array(out["probability_c"])
     np.testing.assert_allclose(total, 1.0, rtol=1e-5)
+    scored = predict.evaluate(summary.run_dir, small_table)  # every row, the training rows included
+    assert scored["rows"] == 6000 and scored["accuracy"] >= summary.validation["accuracy"] - 0.02
 
 
 def test_compare_a_tree_run_with_a_network_run_and_report_its_importance(small_runs, small_table, tmp_path):

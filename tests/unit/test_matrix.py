@@ -18,9 +18,10 @@ from orchestrator.data.matrix import (
     tree_features,
     tree_matrix,
 )
+from orchestrator.data.plan import contiguous_share
 from orchestrator.data.reader import fit_in_process
 from orchestrator.train import boosters
-from orchestrator.train.boosting import probe_rows, share
+from orchestrator.train.boosting import probe_rows
 
 
 def table() -> pa.Table:
@@ -95,7 +96,7 @@ def test_a_job_whose_matrices_do_not_fit_is_refused_naming_the_figures_and_the_w
 
 def test_shares_cover_every_row_group_once_and_the_probe_is_bounded(fitted):
     index, _ = fitted
-    assert sorted(p for rank in range(2) for p in share(2, 2, rank)) == [0, 1]
+    assert sorted(p for rank in range(3) for p in contiguous_share(7, 3, rank)) == list(range(7))
     assert sum(len(rows) for _, rows in probe_rows(index, 0.0)) == 6  # small: every training row
     assert sum(len(rows) for _, rows in probe_rows(index, 0.0, limit=2)) <= 2 + len(index.row_groups)
 

@@ -204,7 +204,7 @@ def test_a_killed_driver_rerun_resumes_and_predicts_identically(reference, slow_
     np.testing.assert_array_equal(predictions(str(run_dir), slow_table, tmp_path / "p.parquet"), expected)
 
 
-def test_predict_on_rows_with_unseen_categories_and_nulls(small_runs, tmp_path):
+def test_predict_on_rows_with_unseen_categories_and_nulls(small_runs, small_table, tmp_path):
     _, summary = small_runs("lightgbm", "multiclass")
     fresh = pa.table({"x0": [0.5, None, float("nan")], "x1": [1.0, 2.0, None], "x2": [None, 0.0, 1.0],
                       "city": ["atlantis", None, "city01"], "member": [None, True, False]})

@@ -44,13 +44,14 @@ from orchestrator.data.index import DatasetIndex
 from orchestrator.data.matrix import TreeMatrix, tree_features, tree_matrix
 from orchestrator.data.reader import RowGroupSource
 from orchestrator.data.transforms import LabelStats
-from orchestrator.errors import DataError, OrchestratorError
+from orchestrator.errors import DataError
 from orchestrator.job import spec
 from orchestrator.track.history import History
 from orchestrator.track.records import Kind
 from orchestrator.train import (
     boosters,
     checkpoint,
+    guard,
     metrics,
     models,
     policy,
@@ -66,27 +67,15 @@ PROBE_ROWS = 65_536  # training rows the train metrics are measured on, at most
 def train(config: dict) -> None:
     """Train the tree model of the job in `config` on this rank (the same config as `loop.train`).
 
-    A mistake in the data or the job that every rank finds alike ends the run
-    without a retry, as that error; one a rank meets alone fails the group
-    once, and the restarted group stops at once.
+    A mistake in the data or the job ends the run as that error without Ray
+    Train's retries (train.guard).
     """
     job = spec.from_dict(config["job"])
     board = config["board"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    if ray.get(board.fatal.remote()) is not None:
-        return  # an earlier group met a mistake in the data or the job: retrying cannot help
-    try:
-        worker = _Booster(job, config["index"], config["validation_index"], board, rank, world)
-    except OrchestratorError as error:  # the data or the job at fault, found alike on every rank
-        if rank == 0:
-            board.post.remote({"kind": Kind.FATAL, "message": str(error), "error_class": type(error).__name__})
-        return
-    try:
-        worker.run()
-    except DataError as error:  # e.g. a corrupt page met by this rank only: the group fails, no retry
-        board.post.remote({"kind": Kind.FATAL, "message": str(error), "error_class": "DataError"})
-        raise
+    guard.run_once(board, rank, lambda: _Booster(job, config["index"], config["validation_index"], board,
+                                                  rank, world))
 
 
 def probe_rows(index: DatasetIndex, holdout_fraction: float, limit: int = PROBE_ROWS) -> list[tuple[int, np.ndarray]]:

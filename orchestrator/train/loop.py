@@ -39,12 +39,13 @@ from orchestrator.data.reader import (
     default_prefetch,
     validation_batches,
 )
-from orchestrator.errors import DataError, OrchestratorError
+from orchestrator.errors import DataError
 from orchestrator.job import spec
 from orchestrator.track.history import History
 from orchestrator.track.records import Kind
 from orchestrator.train import (
     checkpoint,
+    guard,
     metrics,
     models,
     optim,
@@ -78,10 +79,8 @@ def train(config: dict) -> None:
     DatasetIndex ("index", "validation_index"), the driver's RunBoard handle
     ("board") and, for audits of the sample order, "audit_samples" (post every
     step's row ids). A mistake in the data or the job that every rank finds
-    alike (data the preprocessing cannot fit, a loss the classes cannot meet)
-    ends the run without a retry, as that error; one a rank meets alone while
-    training (a corrupt page) fails the group once, and the group Ray Train
-    restarts stops at once (the RunBoard holds the first FATAL record).
+    alike, or one a rank meets alone while training, ends the run as that
+    error without Ray Train's retries (train.guard).
     """
     job = spec.from_dict(config["job"])
     board = config["board"]
@@ -90,20 +89,8 @@ def train(config: dict) -> None:
     rehearsal = None
     if job.failure.inject or config.get("audit_samples"):
         rehearsal = Rehearsal(board, rank, job.failure.inject, bool(config.get("audit_samples")))
-    if ray.get(board.fatal.remote()) is not None:
-        return  # an earlier group met a mistake in the data or the job: retrying cannot help
-    try:
-        worker = _Worker(job, config["index"], config["validation_index"], board, rank, world,
-                         ray.train.torch.get_device(), rehearsal)
-    except OrchestratorError as error:  # the data or the job at fault, found alike on every rank
-        if rank == 0:
-            board.post.remote({"kind": Kind.FATAL, "message": str(error), "error_class": type(error).__name__})
-        return
-    try:
-        worker.run()
-    except DataError as error:  # e.g. a corrupt page met by this rank only: the group fails, no retry
-        board.post.remote({"kind": Kind.FATAL, "message": str(error), "error_class": "DataError"})
-        raise
+    guard.run_once(board, rank, lambda: _Worker(job, config["index"], config["validation_index"], board, rank,
+                                                 world, ray.train.torch.get_device(), rehearsal))
 
 
 class _Worker:

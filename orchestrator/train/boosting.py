@@ -131,6 +131,15 @@ def read_matrix(source: RowGroupSource, pre, parts: list[tuple[int, np.ndarray |
     return TreeMatrix(features, labels)
 
 
+def _read(index: DatasetIndex, pre, parts: list[tuple[int, np.ndarray | None]], width: int) -> TreeMatrix:
+    """`read_matrix` of `parts` of `index`, through a reader opened and closed for it."""
+    source = RowGroupSource(index, None)
+    try:
+        return read_matrix(source, pre, parts, width)
+    finally:
+        source.close()
+
+
 class _Booster:
     """One rank's tree training state; methods follow the module outline."""
 
@@ -164,24 +173,15 @@ class _Booster:
         self.index = index
         self.shard = [(p, planning.train_rows(index.row_groups[p].first_row, index.row_groups[p].num_rows, holdout)
                        if holdout else None) for p in planning.contiguous_share(len(index.row_groups), world, rank)]
-        source = RowGroupSource(index, None)
-        try:
-            self.probe = read_matrix(source, self.preprocessing, probe_rows(index, holdout), width)
-            if validation_index is None and holdout:
-                held = [(p, planning.holdout_rows(rg.first_row, rg.num_rows, holdout))
-                        for p, rg in enumerate(index.row_groups)]
-                self.validation = read_matrix(source, self.preprocessing, held, width)
-        finally:
-            source.close()
+        self.probe = _read(index, self.preprocessing, probe_rows(index, holdout), width)
+        self.validation = None  # no validation rows: train metrics only
         if validation_index is not None:
-            validation_source = RowGroupSource(validation_index, None)
-            try:
-                self.validation = read_matrix(validation_source, self.preprocessing,
-                                        [(p, None) for p in range(len(validation_index.row_groups))], width)
-            finally:
-                validation_source.close()
-        elif not holdout:
-            self.validation = None
+            self.validation = _read(validation_index, self.preprocessing,
+                                    [(p, None) for p in range(len(validation_index.row_groups))], width)
+        elif holdout:
+            self.validation = _read(index, self.preprocessing, [
+                (p, planning.holdout_rows(rg.first_row, rg.num_rows, holdout)) for p, rg in enumerate(index.row_groups)
+            ], width)
         # For throughput: the training rows a round reads, over all ranks.
         self.rows = sum(rg.num_rows - planning.holdout_count(rg.num_rows, holdout) for rg in index.row_groups)
         threads = max(1, int(job.scaling.cpus_per_worker))

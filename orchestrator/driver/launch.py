@@ -216,7 +216,8 @@ def run(
                  f"{scaling.cpus_per_worker:g} CPU(s) each) …")
         records, error = _fit(prepared, board, relay, audit_samples)
         meta["status"] = "failed" if error else "finished"
-        summary = summarize(job.name, prepared.run_url, records, started_at)
+        summary = summarize(job.name, prepared.run_url, records, started_at,
+                            unit="round" if prepared.job.model.trees else "epoch")
     except BaseException as stopped:  # run.json tells the truth whatever ended this session
         interrupted = isinstance(stopped, KeyboardInterrupt)
         meta["status"] = "interrupted" if interrupted else "failed"

@@ -147,7 +147,8 @@ def fit_signal(run: Run) -> dict[str, Any] | None:
     epochs, val = run.epoch_series("val/loss")
     train = dict(zip(*run.epoch_series("epoch/train_loss")))
     return fit_diagnosis([{"epoch": epoch, "train": {"loss": train[epoch]}, "validation": {"loss": loss}}
-                          for epoch, loss in zip(epochs, val) if epoch in train])
+                          for epoch, loss in zip(epochs, val) if epoch in train],
+                         unit="round" if _is_trees(run) else "epoch")
 
 
 def duration_s(run: Run) -> float | None:

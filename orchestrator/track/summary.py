@@ -49,8 +49,9 @@ class RunSummary:
         return asdict(self)
 
 
-def summarize(name: str, run_dir: str, records: list[dict], started_at: float) -> RunSummary:
-    """Fold the board's records of one run into its summary (status set by the caller)."""
+def summarize(name: str, run_dir: str, records: list[dict], started_at: float, unit: str = "epoch") -> RunSummary:
+    """Fold the board's records of one run into its summary (status set by the caller); `unit` names
+    what an EPOCH record is in the fit's reading ("round" for a tree model)."""
     summary = RunSummary(name=name, status="running", run_dir=run_dir)
     starts = [r for r in records if r["kind"] == Kind.START]
     summary.world_sizes = [r["world_size"] for r in starts]
@@ -85,7 +86,7 @@ def summarize(name: str, run_dir: str, records: list[dict], started_at: float) -
     if checkpoints:
         summary.checkpoint = max(checkpoints, key=lambda r: r["step"])["path"]
     summary.warnings = [r["message"] for r in records if r["kind"] == Kind.WARNING]
-    summary.fit = fit_diagnosis(epochs)
+    summary.fit = fit_diagnosis(epochs, unit)
     stops = [r for r in records if r["kind"] == Kind.STOPPED_EARLY]
     summary.stopped_early = bool(stops)
     stopping = [r["stopping"] for r in epochs if r.get("stopping")]
@@ -98,7 +99,7 @@ def summarize(name: str, run_dir: str, records: list[dict], started_at: float) -
     return summary
 
 
-def fit_diagnosis(epochs: list[dict]) -> dict[str, Any] | None:
+def fit_diagnosis(epochs: list[dict], unit: str = "epoch") -> dict[str, Any] | None:
     """The train/validation gap at the end and the epoch where validation stopped improving.
 
     A plain reading of the curves, not a verdict: overfitting when validation
@@ -119,10 +120,10 @@ def fit_diagnosis(epochs: list[dict]) -> dict[str, Any] | None:
     }
     if best < len(val) - 1 and val[-1] > val[best] * 1.01 and train[-1] < train[best]:
         rise = 100 * (val[-1] / val[best] - 1)
-        fit["reading"] = (f"overfitting: validation loss rose {rise:.0f}% after epoch {fit['best_validation_epoch']} "
+        fit["reading"] = (f"overfitting: validation loss rose {rise:.0f}% after {unit} {fit['best_validation_epoch']} "
                           "while train loss kept falling")
     elif len(val) > 1 and (val[-1] < val[-2] * 0.99 or train[-1] < train[-2] * 0.99):
-        fit["reading"] = "still improving at the last epoch: more epochs may help"
+        fit["reading"] = f"still improving at the last {unit}: more {unit}s may help"
     else:
-        fit["reading"] = "converged: neither loss moved more than 1% in the last epoch"
+        fit["reading"] = f"converged: neither loss moved more than 1% in the last {unit}"
     return fit

@@ -179,9 +179,10 @@ class XGBoost:
 
     @staticmethod
     def _base(booster) -> np.ndarray:
-        config = json.loads(booster.save_config())["learner"]["learner_model_param"]["base_score"]
-        base = np.array([float(v) for v in config.strip("[]").split(",")], np.float32)
-        objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+        learner = json.loads(booster.save_config())["learner"]  # once: it serializes the whole configuration
+        base = np.array([float(v) for v in learner["learner_model_param"]["base_score"].strip("[]").split(",")],
+                        np.float32)
+        objective = learner["objective"]["name"]
         if objective == "binary:logistic":  # stored as a probability; margins are log-odds
             base = np.log(base / (1 - base))
         return base if len(base) > 1 else base[0]

@@ -3,9 +3,10 @@
     orchestrator run JOB.yaml [--workers N] [--storage URL] [--name NAME]
                               [--set key.path=value]... [--address ADDR] [--fresh] [-v]
     orchestrator validate JOB.yaml [--workers N] [--storage URL] [--name NAME] [--set key.path=value]...
+    orchestrator tune JOB.yaml [the options of run]      (a sweep over the job's search section)
     orchestrator submit JOB.yaml --address http://HOST:PORT [...]   (and status|logs|stop JOB_ID)
-    orchestrator runs [STORAGE]
-    orchestrator report RUN
+    orchestrator runs [STORAGE | SWEEP]
+    orchestrator report RUN | SWEEP
     orchestrator compare RUN_A RUN_B [--out PNG]
     orchestrator predict RUN --data URL --out URL [--overwrite]
     orchestrator evaluate RUN --data URL
@@ -59,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and per-step progress")
     run.set_defaults(command=_run)
 
+    tune = commands.add_parser("tune", help="search a job's hyperparameters (its search section) on Ray Tune; "
+                                            "each trial is a whole run")
+    _job_arguments(tune)
+    tune.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    tune.add_argument("--fresh", action="store_true", help="delete an earlier sweep of this name first")
+    tune.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Tune's own logs")
+    tune.set_defaults(command=_tune)
+
     validate = commands.add_parser("validate", help="check a job file and its data footers without starting Ray; "
                                                     "leaves no file behind")
     _job_arguments(validate)
@@ -71,11 +80,13 @@ def _parser() -> argparse.ArgumentParser:
 def _report_commands(commands) -> None:
     """`runs`, `report`, `compare`, `predict`, `evaluate`: reading run folders back (reports.py, predict.py)."""
     run_help = "a run folder: path or fsspec URL (<storage>/<name>), or a run name under ./runs"
-    runs = commands.add_parser("runs", help="list the runs under a storage folder")
-    runs.add_argument("storage", nargs="?", default="./runs", help="the jobs' storage: path or fsspec URL (default ./runs)")
+    runs = commands.add_parser("runs", help="list the runs under a storage folder, or a sweep's trials")
+    runs.add_argument("storage", nargs="?", default="./runs",
+                      help="the jobs' storage, or a sweep folder: path or fsspec URL (default ./runs)")
     runs.set_defaults(command=_runs)
-    report = commands.add_parser("report", help="print a run's summary and write PNG plots into <run>/report/")
-    report.add_argument("run", help=run_help)
+    report = commands.add_parser("report", help="print a run's (or a sweep's) summary and write PNG plots into "
+                                                "<run>/report/")
+    report.add_argument("run", help=run_help + "; or a sweep folder")
     report.set_defaults(command=_report)
     compare = commands.add_parser("compare", help="two runs' curves on one plot and their final metrics side by side")
     compare.add_argument("run_a", help=run_help)
@@ -108,16 +119,25 @@ def _run_url(name: str) -> str:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from orchestrator.results import reports
+    from orchestrator.results import reports, sweeps
 
+    if sweeps.is_sweep(_run_url(args.storage)):
+        print(sweeps.trials_table(sweeps.open_sweep(_run_url(args.storage))))
+        return 0
     runs = reports.find_runs(args.storage)
     print(reports.runs_table(runs) if runs else f"no runs under {args.storage}")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from orchestrator.results import reports
+    from orchestrator.results import reports, sweeps
 
+    if sweeps.is_sweep(_run_url(args.run)):
+        sweep = sweeps.open_sweep(_run_url(args.run))
+        print(sweeps.describe(sweep))
+        for url in sweeps.write_report(sweep):
+            print(f"  plot       {url}")
+        return 0
     run = reports.open_run(_run_url(args.run))
     print(reports.describe(run))
     for url in reports.write_report(run):
@@ -287,9 +307,21 @@ def _from_options(error: spec.SpecError, job_file: str, given: list[tuple[str, s
 
 def _validate(args: argparse.Namespace) -> int:
     """Check the job and its data's footers and print the plan; leaves no file behind (`_generated_copy`)."""
-    with _generated_copy(_load(args)) as job:
-        _print_plan(job)
+    job = _load(args)
+    if job.search is not None:  # every job the space can make, checked as `tune` checks it
+        from orchestrator.job import trials
+
+        problems = trials.check_space(_raw(args), job.search)
+        if problems:
+            raise spec.SpecError(problems, args.job)
+    with _generated_copy(job) as checked:
+        _print_plan(checked)
     return 0
+
+
+def _raw(args: argparse.Namespace) -> dict:
+    """The job file's mapping with the command line's overrides set (validated by `_load` first)."""
+    return spec.apply_overrides(spec.read(args.job), [override for _, override in _overrides(args)])
 
 
 @contextlib.contextmanager
@@ -369,16 +401,40 @@ def _print_plan(asked: spec.JobSpec) -> None:
         if warmup:
             print(f"  warning     {warmup}")
     print(f"  run folder  {prepared.run_url}")
+    search = job.search
+    if search:
+        trials = search.grid_size if search.algorithm == "grid" else search.trials
+        pruning = ", ASHA at epoch ends" if search.scheduler == "asha" else ""
+        print(f"  search      {trials} trial(s), {search.algorithm}{pruning}, by {search.metric} "
+              f"({'max' if search.maximize else 'min'}); every value the space can give makes a valid job "
+              "(`orchestrator tune` runs it; `run` trains the values written above)")
+        for key, domain in search.space.items():
+            print(f"    {key}  {domain.kind} {list(domain.values)}")
 
 
 def _run(args: argparse.Namespace) -> int:
     from orchestrator.driver import launch
 
     job = _load(args)
+    if job.search is not None:
+        print("this job has a search section: `run` trains the values written in it; `orchestrator tune` searches")
     printer = progress.ProgressPrinter(job, verbose=args.verbose)
     summary = launch.run(job, address=args.address, fresh=args.fresh, verbose=args.verbose, on_record=printer)
     print(_describe(summary, job))
     print(summary.run_dir)
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import pathlib
+
+    from orchestrator.driver import sweep
+    from orchestrator.results import sweeps
+
+    _load(args)  # every problem of the job file and the options, each named by where it came from
+    url = sweep.tune(_raw(args), source=args.job, default_name=pathlib.Path(args.job).stem, address=args.address,
+                     fresh=args.fresh, verbose=args.verbose, on_event=progress.SweepPrinter())
+    print(sweeps.describe(sweeps.open_sweep(url)))
     return 0
 
 

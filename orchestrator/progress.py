@@ -110,6 +110,28 @@ class ProgressPrinter:
             self._line(f"  {status}  lr {r['lr']:.3g}")
 
 
+class SweepPrinter:
+    """Called with every event of `orchestrator tune` (driver.sweep): one line per phase, trial start,
+    epoch result and trial end."""
+
+    def __init__(self, out: TextIO = sys.stdout):
+        self.out = out
+
+    def __call__(self, event: dict) -> None:
+        if event["kind"] == "phase":
+            line = event["message"]
+        elif event["kind"] == "result":
+            value = event.get("value")
+            shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+            line = f"  {event['trial']}  epoch {event.get('epoch')}  {event['metric']} {shown}"
+        elif event.get("status") == "running":
+            params = "  ".join(f"{key}={value}" for key, value in (event.get("params") or {}).items())
+            line = f"{event['trial']} started: {params}"
+        else:
+            line = f"{event['trial']} {event['status']}: {event.get('why') or ''}"
+        print(line, file=self.out, flush=True)
+
+
 def format_metrics(prefix: str, metrics: dict) -> str:
     """'val loss 0.01  val r2 0.99  ' for a metrics dict."""
     return "".join(f"{prefix} {name} {value:.4g}  " for name, value in metrics.items())

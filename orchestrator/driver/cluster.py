@@ -1,7 +1,7 @@
 """What the connected Ray cluster is, and what its autoscaler can make of it.
 
 Owns reading the cluster's shape for the driver's up-front checks
-(`launch._check_resources`, `launch._check_storage`): the resources of the
+(`launch.check_resources`, `launch._check_storage`): the resources of the
 alive nodes, how many machines they span, and — when an autoscaler manages
 the cluster — the most resources it could ever offer. It only reads; it
 never changes the cluster. Call it from a driver connected with `ray.init`.
@@ -209,3 +209,10 @@ def _from_autoscaler_status() -> AutoscalerLimits | None:
     if any(not t.startswith("node_") for t in types):
         return AutoscalerLimits("the autoscaler's status (its limits are not published)")
     return None
+
+
+def free_port() -> int:
+    """A TCP port on this machine that nothing listens on right now (for a service Ray starts here)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

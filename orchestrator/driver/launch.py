@@ -203,8 +203,8 @@ def run(
         import ray  # deferred: `orchestrator validate` never pays for importing Ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        embedded = _connect(address, verbose, announce)
-        _check_resources(prepared.job)
+        embedded = connect(address, verbose, announce)
+        check_resources(prepared.job)
         _check_storage(prepared.job)
         if prepared.job.model.trees:
             _check_tree_memory(prepared)
@@ -219,9 +219,7 @@ def run(
         summary = summarize(job.name, prepared.run_url, records, started_at,
                             unit="round" if prepared.job.model.trees else "epoch")
     except BaseException as stopped:  # run.json tells the truth whatever ended this session
-        interrupted = isinstance(stopped, KeyboardInterrupt)
-        meta["status"] = "interrupted" if interrupted else "failed"
-        meta["error"] = "interrupted (Ctrl-C); the same command resumes it" if interrupted else first_line(stopped)
+        meta["status"], meta["error"] = _ended_by(stopped)
         storage.write_json(fs, run_file, {**meta, "ended_at": time.time()})
         raise
     finally:
@@ -238,10 +236,19 @@ def run(
     summary.status = "failed" if error else "finished"
     summary.error = str(error) if error else None
     storage.write_json(fs, f"{run_path}/{runfolder.SUMMARY_FILE}", summary.to_dict())
-    storage.write_json(fs, run_file, {**meta, "ended_at": time.time()})
+    storage.write_json(fs, run_file, {**meta, "ended_at": time.time(), **({"error": first_line(error)} if error else {})})
     if error:
         raise error
     return summary
+
+
+def _ended_by(stopped: BaseException) -> tuple[str, str]:
+    """run.json's status and cause for a session that `stopped` raised out of."""
+    if isinstance(stopped, KeyboardInterrupt):
+        return "interrupted", "interrupted (Ctrl-C); the same command resumes it"
+    if isinstance(stopped, SystemExit):  # how Ray Tune ends a trial its scheduler stops (inside tune.report)
+        return "stopped", "stopped before its end by the process running it (a sweep's scheduler)"
+    return "failed", first_line(stopped)
 
 
 def _exporters(prepared: PreparedJob, meta: dict) -> list:
@@ -364,8 +371,9 @@ def _failure_reporter(board):
     return FailureReporter()
 
 
-def _connect(address: str | None, verbose: bool, announce: Callable[[str], None]) -> bool:
-    """Join the cluster at `address` / RAY_ADDRESS, or start an embedded one; True if started here."""
+def connect(address: str | None, verbose: bool, announce: Callable[[str], None], dashboard: bool = False) -> bool:
+    """Join the cluster at `address` / RAY_ADDRESS, or start an embedded one (with Ray's dashboard, and so
+    its state API, when `dashboard`); True if started here."""
     import ray
 
     # Ray Train's controller collects reports and notices dead workers at this
@@ -381,12 +389,15 @@ def _connect(address: str | None, verbose: bool, announce: Callable[[str], None]
         announce(f"joining the Ray cluster at {address} …")
         ray.init(address=address, log_to_driver=verbose, logging_level=quiet)
         return False
+    from orchestrator.driver import cluster
+
     # Workers of the embedded cluster import user model modules (jobs/…) from here.
     python_path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
     announce(f"starting a local Ray with {os.cpu_count()} CPU(s) …")
     ray.init(
         num_cpus=os.cpu_count(),
-        include_dashboard=False,
+        include_dashboard=dashboard,
+        **({"dashboard_port": cluster.free_port()} if dashboard else {}),
         log_to_driver=verbose,
         logging_level=quiet,
         runtime_env={"env_vars": {"PYTHONPATH": python_path}},
@@ -413,7 +424,7 @@ def _require_reachable(address: str) -> None:
         )
 
 
-def _check_resources(job: JobSpec) -> None:
+def check_resources(job: JobSpec) -> None:
     """Refuse up front a worker group the cluster can never place (no silent wait).
 
     What the cluster lacks now is fine when its autoscaler can add it; refused

@@ -21,12 +21,13 @@ from __future__ import annotations
 from typing import Callable
 
 import pyarrow.fs
+import pyarrow.parquet
 
 from orchestrator import storage
 from orchestrator.errors import LaunchError
 from orchestrator.job.spec import JobSpec
 from orchestrator.track.records import Kind
-from orchestrator.track.summary import RunSummary
+from orchestrator.track.summary import RunSummary, fill_from_history
 from orchestrator.train import checkpoint
 
 MODEL_FILE = checkpoint.MODEL_FILE
@@ -34,11 +35,18 @@ HISTORY_FILE = checkpoint.HISTORY_FILE
 SUMMARY_FILE = "summary.json"
 RUN_FILE = "run.json"
 
+# A sweep folder <storage>/<name>/ (driver.sweep): sweep.json, trials/<trial>/ run folders,
+# tune/ (Ray Tune's experiment state) and best.yaml (the best finished trial's job).
+SWEEP_FILE = "sweep.json"
+TRIALS_DIR = "trials"
+TUNE_DIR = "tune"
+BEST_FILE = "best.yaml"
+
 # Job settings that may change when a run resumes: where it runs and how it reports,
 # not what it computes. Anything else differing from the checkpoint's job is refused.
 MAY_CHANGE_ON_RESUME = (
     "name", "storage", "scaling", "failure", "checkpoint", "tracking", "data.prefetch_batches",
-    "data.generate", "train.log_every_n_steps", "train.compile",
+    "data.generate", "train.log_every_n_steps", "train.compile", "search",
 )
 
 
@@ -90,6 +98,7 @@ def finish(fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, job: JobSpec,
     name, manifest = final
     summary.checkpoint, summary.steps = name, max(summary.steps, manifest["step"])
     fs.copy_file(f"{run_path}/{name}/{HISTORY_FILE}", f"{run_path}/{HISTORY_FILE}")
+    fill_from_history(summary, pyarrow.parquet.read_table(f"{run_path}/{HISTORY_FILE}", filesystem=fs))
     exported = name
     if job.early_stopping and job.early_stopping.export == "best":
         exported = checkpoint.newest_best(fs, run_path) or name

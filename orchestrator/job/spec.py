@@ -46,11 +46,19 @@ from orchestrator.job.fields import (
     ranged,
     schema_default,
 )
+from orchestrator.job.objectives import (
+    CLASSIFICATION_METRICS,
+    MAXIMIZED_METRICS,
+    MONITORED_METRICS,
+    REGRESSION_METRICS,
+    maximize,
+)
+from orchestrator.job.search import SearchSpec, read_search
 
 __all__ = [
     "DataSpec", "ModelSpec", "LossSpec", "OptimSpec", "ScheduleSpec", "TrainSpec", "ScalingSpec",
     "GenerateSpec", "EarlyStoppingSpec", "TrackingSpec", "FaultInjection", "CheckpointSpec", "FailureSpec", "JobSpec", "load", "from_dict", "apply_overrides",
-    "resolve_lanes", "total_steps", "warmup_warning", "CLASSIFICATION_LOSSES", "EARLY_STOPPING_METRICS", "MAXIMIZED_METRICS",
+    "read", "with_values", "resolve_lanes", "total_steps", "warmup_warning", "CLASSIFICATION_LOSSES", "EARLY_STOPPING_METRICS", "MAXIMIZED_METRICS",
 ]
 
 TREE_MODELS = ("xgboost", "lightgbm")  # gradient-boosted trees (train.boosting), not torch networks
@@ -65,12 +73,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step", "linear")
 PRECISIONS = ("fp32", "bf16")
 MIN_LANES = 8  # data.lanes resolves to max(MIN_LANES, scaling max workers): see resolve_lanes
-# early_stopping.metric names, and those of them where larger is better (mode: max by default)
-# The validation metrics of each task (train.metrics computes them), and which are better larger.
-CLASSIFICATION_METRICS = ("val_accuracy", "val_log_loss", "val_auc", "val_f1")
-REGRESSION_METRICS = ("val_rmse", "val_mae", "val_r2")
-EARLY_STOPPING_METRICS = ("val_loss", *CLASSIFICATION_METRICS, *REGRESSION_METRICS, "train_loss")
-MAXIMIZED_METRICS = ("val_accuracy", "val_auc", "val_f1", "val_r2")
+EARLY_STOPPING_METRICS = MONITORED_METRICS
 NULL_LABELS = ("drop", "error")  # data.null_labels: what rows whose label is null do
 _BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # "module.path:function"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # safe as a directory name
@@ -250,7 +253,7 @@ class EarlyStoppingSpec:
     @property
     def maximize(self) -> bool:
         """True when a larger metric is better: `mode` if set, else whether `metric` is in MAXIMIZED_METRICS."""
-        return self.mode == "max" if self.mode else self.metric in MAXIMIZED_METRICS
+        return maximize(self.metric, self.mode)
 
 
 @dataclass(frozen=True)
@@ -280,10 +283,13 @@ class JobSpec:
     storage: str = "./runs"  # path or fsspec URL where runs are written
     early_stopping: EarlyStoppingSpec | None = None  # absent = train to the end
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    search: SearchSpec | None = None  # a sweep's space (`orchestrator tune`); `run` trains the job as written
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain dicts, lists and scalars; `from_dict(spec.to_dict()) == spec`."""
-        return _plain(dataclasses.asdict(self))
+        plain = _plain(dataclasses.asdict(self))
+        plain["search"] = _plain(self.search.to_dict()) if self.search else None
+        return plain
 
 
 def total_steps(train: TrainSpec, batches_per_epoch: int) -> int:
@@ -532,6 +538,7 @@ _SECTIONS: dict[str, tuple[Callable[[Fields], Any], type, bool, str, bool]] = {
     "failure": (_failure, FailureSpec, False, "", False),
     "early_stopping": (_early_stopping, EarlyStoppingSpec, False, "", False),
     "tracking": (_tracking, TrackingSpec, False, "", False),
+    "search": (read_search, SearchSpec, False, "", False),
 }
 
 
@@ -620,21 +627,26 @@ def _check_across(p: dict[str, Any], r: Report) -> None:
             r.add("train.batch_size", f"{train.batch_size} rows cannot fill {most} workers x "
                                       f"{train.grad_accum_steps} accumulation steps: raise it to at least "
                                       f"{most * train.grad_accum_steps} or lower train.grad_accum_steps")
-    stopping = p["early_stopping"]
-    if stopping and data and r.ok("early_stopping.metric", "data.validation") and \
-            stopping.metric.startswith("val_") and data.validation is None:
-        r.add("early_stopping.metric", f"'{stopping.metric}' needs validation data: set data.validation "
-                                       "(a fraction to hold out, or a path)")
-    if stopping and loss and r.ok("early_stopping.metric", "loss.name"):
-        classification = loss.name in CLASSIFICATION_LOSSES
-        other_task = REGRESSION_METRICS if classification else CLASSIFICATION_METRICS
-        if stopping.metric in other_task:
-            mine = CLASSIFICATION_METRICS if classification else REGRESSION_METRICS
-            r.add("early_stopping.metric", f"'{stopping.metric}' is not computed for loss '{loss.name}' "
-                                           f"(this task reports val_loss, {', '.join(mine)})")
+    for key, section in (("early_stopping", p["early_stopping"]), ("search", p["search"])):
+        if section is not None:
+            _check_metric(f"{key}.metric", section.metric, data, loss, r)
     if failure and failure.inject and r.ok("failure.inject.rank") and failure.inject.rank >= most:
         r.add("failure.inject.rank", f"{failure.inject.rank} is not a worker rank: scaling.workers allows "
                                      f"at most {most} workers (ranks 0..{most - 1})")
+
+
+def _check_metric(key: str, metric: str, data: DataSpec | None, loss: LossSpec | None, r: Report) -> None:
+    """A monitored `metric` (at `key`) must be one the job reports: validation data for val_ metrics,
+    and a metric of the loss's task."""
+    if data and r.ok(key, "data.validation") and metric.startswith("val_") and data.validation is None:
+        r.add(key, f"'{metric}' needs validation data: set data.validation (a fraction to hold out, or a path)")
+    if loss and r.ok(key, "loss.name"):
+        classification = loss.name in CLASSIFICATION_LOSSES
+        other_task = REGRESSION_METRICS if classification else CLASSIFICATION_METRICS
+        if metric in other_task:
+            mine = CLASSIFICATION_METRICS if classification else REGRESSION_METRICS
+            r.add(key, f"'{metric}' is not computed for loss '{loss.name}' "
+                       f"(this task reports val_loss, {', '.join(mine)})")
 
 
 def _build(raw: Mapping, report: Report, default_name: str | None) -> JobSpec | None:
@@ -687,6 +699,10 @@ def _set(root: dict, item: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise Bad(f"the value is not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    _set_value(root, parts, value)
+
+
+def _set_value(root: dict, parts: list[str], value: Any) -> None:
     node = root
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -701,6 +717,21 @@ def _set(root: dict, item: str) -> None:
                        f"so it cannot hold '{parts[depth + 1]}'")
         node[part] = node = child
     node[parts[-1]] = value
+
+
+def with_values(raw: Mapping, values: Mapping[str, Any]) -> dict:
+    """A deep copy of `raw` with each dotted key of `values` set to its value (as `--set` would,
+    without parsing text); `raw` is untouched. Raises SpecError when a key runs through a value that
+    is not a mapping."""
+    result, problems = copy.deepcopy(dict(raw)), []
+    for key, value in values.items():
+        try:
+            _set_value(result, [part.strip() for part in key.split(".")], copy.deepcopy(value))
+        except Bad as bad:
+            problems.append(f"{key}: {bad.message}")
+    if problems:
+        raise SpecError(problems)
+    return result
 
 
 def apply_overrides(raw: Mapping, overrides: Sequence[str]) -> dict:
@@ -733,9 +764,9 @@ def from_dict(raw: Mapping, overrides: Sequence[str] = (), source: str | None = 
     return spec
 
 
-def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> JobSpec:
-    """Read, override and validate the job file at `path`; the run name defaults to the
-    file's stem. Every mistake (missing file, YAML syntax, schema) is a SpecError."""
+def read(path: str | os.PathLike) -> dict:
+    """The job file at `path` as a mapping, unvalidated. A missing file, a YAML syntax error or a
+    file that is not a mapping of sections is a SpecError naming the file."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -752,4 +783,10 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> JobSpec:
     if not isinstance(raw, Mapping):
         got = "an empty file" if raw is None else describe(raw)
         raise SpecError([_not_a_mapping(got)], source)
-    return from_dict(raw, overrides, source=source, default_name=path.stem)
+    return dict(raw)
+
+
+def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> JobSpec:
+    """Read, override and validate the job file at `path`; the run name defaults to the
+    file's stem. Every mistake (missing file, YAML syntax, schema) is a SpecError."""
+    return from_dict(read(path), overrides, source=str(path), default_name=Path(path).stem)

@@ -188,7 +188,7 @@ def runs_table(runs: list[Run]) -> str:
         where = f" ({unit} {best[2] + 1})" if best and best[2] is not None else ""
         shown = f"{best[0]} {_number(best[1])}{where}" if best else "-"
         rows.append((run.name, run.status, str(steps(run)), shown, duration(duration_s(run)), world_size(run)))
-    return _table(rows)
+    return text_table(rows)
 
 
 def describe(run: Run) -> str:
@@ -244,9 +244,9 @@ def compare_table(a: Run, b: Run) -> str:
     job_a = flatten((a.meta or {}).get("job") or {})
     job_b = flatten((b.meta or {}).get("job") or {})
     differ = [key for key in sorted(set(job_a) | set(job_b)) if key != "name" and job_a.get(key) != job_b.get(key)]
-    text = _table(rows)
+    text = text_table(rows)
     if differ:
-        text += "\njob settings that differ:\n" + _table(
+        text += "\njob settings that differ:\n" + text_table(
             [(key, _cell(job_a.get(key)), _cell(job_b.get(key))) for key in differ], indent="  ")
     return text
 
@@ -266,7 +266,7 @@ def _final_metrics(run: Run) -> dict[str, float]:
 # ---- plots ----------------------------------------------------------------------
 
 
-def _pyplot():
+def pyplot():
     """matplotlib's pyplot on the Agg backend (files only, no display); ReportError when not installed."""
     try:
         import matplotlib
@@ -287,7 +287,7 @@ def report_figures(run: Run) -> dict[str, Any]:
     and restarts marked. Every plotted line carries the metric name it shows as its label."""
     if run.history is None:
         raise ReportError(f"Run {run.name!r} at {run.url!r} has no {HISTORY_FILE} yet: nothing to plot.")
-    plt = _pyplot()
+    plt = pyplot()
     figures = {}
     fig, ax = plt.subplots(figsize=(9, 5))
     _plot(ax, run, "train/loss", label="train/loss", linewidth=1, alpha=0.7)
@@ -339,7 +339,7 @@ def feature_importance(run: Run) -> dict[str, float] | None:
 
 def compare_figure(a: Run, b: Run):
     """Both runs' train and validation loss (and validation accuracy or R²) over steps on one figure."""
-    plt = _pyplot()
+    plt = pyplot()
     score = a.score_name() if a.score_name() == b.score_name() else None
     fig, axes = plt.subplots(1, 2 if score else 1, figsize=(14 if score else 9, 5), squeeze=False)
     # A tree run counts boosting rounds, a network optimizer steps: side by side, each runs from 0 to 1.
@@ -377,7 +377,7 @@ def save_png(fig, url: str) -> str:
     """Render `fig` as PNG to `url` (any fsspec URL), creating its folder; closes the figure."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     url = storage.absolute(url)
     fs, path = storage.arrow_filesystem(url)
     if "/" in path.rstrip("/"):
@@ -434,7 +434,8 @@ def _cell(value: Any) -> str:
     return _number(value) if not isinstance(value, (list, tuple)) else str(list(value))
 
 
-def _table(rows: list[tuple], indent: str = "") -> str:
+def text_table(rows: list[tuple], indent: str = "") -> str:
+    """Rows as left-aligned columns, the first row being the header."""
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(indent + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
                      for row in rows)

@@ -99,6 +99,22 @@ def summarize(name: str, run_dir: str, records: list[dict], started_at: float, u
     return summary
 
 
+def fill_from_history(summary: RunSummary, history) -> None:
+    """Give a summary whose session trained no epoch (the run had ended, but not its driver) the last
+    epoch's metrics from the run's stored history (a metrics.parquet table, track.history)."""
+    if summary.epochs_completed or history is None or history.num_rows == 0:
+        return
+    rows = history.to_pylist()
+    ends = [row for row in rows if row["name"] == "epoch/train_loss"]
+    if not ends:
+        return
+    last = max(ends, key=lambda row: row["step"])
+    summary.epochs_completed = last["epoch"] + 1
+    summary.train = {"loss": last["value"]}
+    summary.validation = {row["name"].split("/", 1)[1]: row["value"] for row in rows
+                          if row["name"].startswith("val/") and row["step"] == last["step"]}
+
+
 def fit_diagnosis(epochs: list[dict], unit: str = "epoch") -> dict[str, Any] | None:
     """The train/validation gap at the end and the epoch where validation stopped improving.
 

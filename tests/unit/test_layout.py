@@ -19,7 +19,7 @@ FORBIDDEN = {
     "track": ("orchestrator.driver", "orchestrator.cli", "orchestrator.train"),
     # results read run folders, whose file names driver.runfolder owns, but start nothing
     "results": ("orchestrator.driver.launch", "orchestrator.driver.cluster", "orchestrator.driver.submit",
-                "orchestrator.cli", "ray"),
+                "orchestrator.driver.sweep", "orchestrator.cli", "ray"),
 }
 
 

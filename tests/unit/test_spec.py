@@ -112,9 +112,10 @@ def section_dataclasses(cls=spec.JobSpec, path=""):
 
 SECTIONS = dict(section_dataclasses())
 # train.batch_size defaults to None for tree models, which have no batches; networks must set it (tested below).
+# search.trials defaults to None for a grid, which runs every combination; random and optuna must set it.
 OPTIONAL_FIELDS = [(path, field) for path, cls in SECTIONS.items() for field in dataclasses.fields(cls)
                    if (field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING)
-                   and (path, field.name) != ("train", "batch_size")]
+                   and (path, field.name) not in (("train", "batch_size"), ("search", "trials"))]
 # the value of each required field in `job_without`, by section path
 REQUIRED_VALUES = {
     "data": {"path": "data/*.parquet", "label": "y", "validation": 0.1},  # validation: for early_stopping's val_loss
@@ -123,6 +124,7 @@ REQUIRED_VALUES = {
     "loss": {"name": "mse"},
     "train": {"epochs": 1, "max_steps": 10, "batch_size": 64},  # either of epochs and max_steps suffices
     "failure.inject": {"exit_at_step": 1},
+    "search": {"space": {"optim.lr": {"loguniform": [0.001, 0.1]}}, "trials": 2},
 }
 
 

@@ -1,0 +1,138 @@
+"""Sweeps on the shared local Ray (`orchestrator tune`): a random search with ASHA whose best trial,
+run again from best.yaml, reproduces its metric bit for bit; a sweep whose driver is SIGKILLed and run
+again; a trial that fails while the sweep goes on. Small trials with fractional CPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from orchestrator.data import synthetic
+from orchestrator.driver import launch, runfolder, sweep
+from orchestrator.job import spec
+from orchestrator.results import reports, sweeps
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> str:
+    """3,000 rows of 2-class Gaussian blobs in 2 files."""
+    directory = tmp_path_factory.mktemp("blobs")
+    synthetic.write(spec.GenerateSpec(kind="classification", rows=3000, features=6, classes=2, files=2, seed=3),
+                    str(directory))
+    return str(directory)
+
+
+def sweep_job(data: str, storage: str, search: dict, name: str = "sweep", **sections) -> dict:
+    """An MLP on the blobs, 1 worker of half a CPU (so trials share the 2 CPUs), with `search`."""
+    return {
+        "name": name,
+        "data": {"path": data, "label": "y", "validation": 0.2},
+        "model": {"kind": "mlp", "hidden": [16]},
+        "loss": "bce",
+        "optim": {"name": "adam", "lr": 0.01},
+        "train": {"epochs": 4, "batch_size": 128, "seed": 0, "log_every_n_steps": 5},
+        "scaling": {"workers": 1, "cpus_per_worker": 0.5},
+        "checkpoint": {"every_n_steps": 10, "keep": 2},
+        "storage": storage,
+        "search": search,
+        **sections,
+    }
+
+
+def read_sweep(folder) -> dict:
+    return json.loads((folder / runfolder.SWEEP_FILE).read_text())
+
+
+def test_a_random_sweep_with_asha_stops_bad_trials_and_its_best_job_reproduces_exactly(table, tmp_path):
+    search = {"metric": "val_loss", "trials": 6, "scheduler": "asha", "seed": 1,
+              "space": {"optim.lr": {"loguniform": [1.0e-5, 0.05]}, "model.hidden": {"choice": [[8], [32, 32]]}}}
+    events = []
+    url = sweep.tune(sweep_job(table, str(tmp_path / "runs"), search), on_event=events.append)
+
+    folder = tmp_path / "runs" / "sweep"
+    assert url == str(folder)
+    state = read_sweep(folder)
+    assert state["status"] == "finished"
+    entries = state["trials"]
+    assert len(entries) == 6
+    statuses = [entry["status"] for entry in entries.values()]
+    assert statuses.count("pruned") >= 1 and "failed" not in statuses
+    for name, entry in entries.items():
+        run = reports.open_run(str(folder / runfolder.TRIALS_DIR / name))
+        assert run.meta["job"]["optim"]["lr"] == entry["params"]["optim.lr"]
+        assert run.meta["job"]["model"]["hidden"] == entry["params"]["model.hidden"]
+        if entry["status"] == "pruned":
+            assert entry["epochs"] < 4 and run.status == "stopped"
+        else:
+            assert entry["epochs"] == 4 and run.status == "finished"
+            assert entry["metric"] == run.summary["validation"]["loss"]
+    finished = {name: entry["metric"] for name, entry in entries.items() if entry["status"] == "finished"}
+    assert state["best"] == min(finished, key=finished.get)
+    assert any(e["kind"] == "trial" and e["status"] == "pruned" for e in events)
+
+    best_job = yaml.safe_load((folder / runfolder.BEST_FILE).read_text())
+    assert best_job["name"] == "sweep-best" and best_job["storage"] == str(tmp_path / "runs")
+    again = launch.run(spec.from_dict(best_job))
+    trial_summary = json.loads((folder / runfolder.TRIALS_DIR / state["best"] / "summary.json").read_text())
+    assert again.validation["loss"] == trial_summary["validation"]["loss"] == finished[state["best"]]
+    assert again.weights_sha256 == trial_summary["weights_sha256"]
+
+    table_text = sweeps.trials_table(sweeps.open_sweep(str(folder)))
+    assert f"{state['best']} *" in table_text and "stopped by ASHA after epoch" in table_text
+    plots = sweeps.write_report(sweeps.open_sweep(str(folder)))
+    assert [p.rsplit("/", 1)[-1] for p in plots] == ["trials.png", "params.png"]
+    assert all(os.path.getsize(p) > 10_000 for p in plots)
+
+
+def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trials(table, tmp_path):
+    search = {"metric": "val_accuracy", "trials": 4, "max_concurrent": 2, "seed": 2,
+              "space": {"optim.lr": {"loguniform": [1.0e-3, 0.05]}}}
+    job_file = tmp_path / "sweep.yaml"
+    job_file.write_text(yaml.safe_dump(sweep_job(table, str(tmp_path / "runs"), search, name="killed")))
+    folder = tmp_path / "runs" / "killed"
+    command = [sys.executable, "-m", "orchestrator", "tune", str(job_file)]
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # kill once a trial finished and another is training
+            entries = read_sweep(folder)["trials"] if (folder / runfolder.SWEEP_FILE).exists() else {}
+            done = [name for name, entry in entries.items() if entry.get("status") == "finished"]
+            if done and any(entry.get("status") == "running" and entry.get("epochs") for entry in entries.values()):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the sweep never had a finished and a running trial at once")
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    before = read_sweep(folder)["trials"]
+    finished_before = {name for name, entry in before.items() if entry["status"] == "finished"}
+    assert sweeps.open_sweep(str(folder)).status == "interrupted"
+
+    rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr
+    state = read_sweep(folder)
+    assert state["status"] == "finished" and len(state["trials"]) == 4
+    assert all(entry["status"] == "finished" for entry in state["trials"].values())
+    for name in finished_before:  # one driver session each: not trained again
+        meta = json.loads((folder / runfolder.TRIALS_DIR / name / "run.json").read_text())
+        assert meta["sessions"] == 1
+    assert f"best trial {state['best']}" in rerun.stdout
+
+
+def test_a_failing_trial_is_recorded_with_its_cause_and_the_sweep_goes_on(table, tmp_path):
+    search = {"metric": "val_loss", "algorithm": "grid", "space": {"optim.lr": {"choice": [0.01, 1.0e+30]}}}
+    sweep.tune(sweep_job(table, str(tmp_path / "runs"), search, name="grid", train={
+        "epochs": 2, "batch_size": 128, "seed": 0, "log_every_n_steps": 5}))
+    state = read_sweep(tmp_path / "runs" / "grid")
+    by_lr = {entry["params"]["optim.lr"]: entry for entry in state["trials"].values()}
+    assert by_lr[0.01]["status"] == "finished"
+    assert by_lr[1.0e30]["status"] == "failed" and "not finite" in by_lr[1.0e30]["why"]
+    assert state["status"] == "finished" and state["best"] in state["trials"]

@@ -107,6 +107,17 @@ def targets(r: dict) -> list[Target]:
                0.05, False, "% (reference: plain SYNC)", ratio_override=stall["ours"]["amortized_stall"]),
         *_table_targets(r["tables"]),
         *(_tree_targets(r["trees"]) if "trees" in r else []),
+        *(_sweep_targets(r["sweeps"]) if "sweeps" in r else []),
+    ]
+
+
+def _sweep_targets(sweeps: dict) -> list[Target]:
+    ours, theirs = sweeps["ours"], sweeps["handwritten"]
+    return [
+        Target("sweeps_wall", "sweep wall time, ours ÷ hand-written Ray Tune + Train V2 (8 trials, ASHA)",
+               ours["wall_s"], theirs["wall_s"], 0.7, False, "s"),
+        Target("sweeps_best", "best finished trial's val_loss, ours ÷ hand-written (lower is better)",
+               ours["best_val_loss"], theirs["best_val_loss"], 1.0, False, "val_loss"),
     ]
 
 
@@ -141,7 +152,7 @@ def render(r: dict, analysis: str | None = None) -> str:
     if analysis is None:
         analysis = ANALYSIS.read_text(encoding="utf-8") if ANALYSIS.exists() else ""
     parts = [_header(r), _targets_table(targets(r)), _reader(r), _e2e(r), _recovery(r), _stall(r), _tables(r),
-             *([_trees(r)] if "trees" in r else []), _misses(r, analysed(analysis)), _retries(r)]
+             *([_trees(r)] if "trees" in r else []), *([_sweeps(r)] if "sweeps" in r else []), _misses(r, analysed(analysis)), _retries(r)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -409,6 +420,23 @@ def _trees(r: dict) -> str:
         "peak RSS above the RSS before reading data (ours: the largest worker); shard: the Arrow bytes of "
         "the row groups a worker reads (the whole table in one process)." + when + "\n\n"
         + _table(["run", "rows/s", "val R²", "memory MiB", "shard MiB", "memory ÷ shard"], rows)
+    )
+
+
+def _sweeps(r: dict) -> str:
+    measured = (r.get("sections_measured") or {}).get("sweeps")
+    when = f" Measured {measured}, apart from the rest of this report." if measured else ""
+    rows = [[label, c["wall_s"], c["best_val_loss"], c["trials"], c["stopped_early"], c["failed"]]
+            for label, c in (("hand-written Ray Tune + Train V2", r["sweeps"]["handwritten"]),
+                             ("ours (`orchestrator tune`)", r["sweeps"]["ours"]))]
+    return (
+        "## Sweeps (issue 15)\n\n"
+        "`python -m benchmarks.sweeps`'s cases: the same 8-trial random search (seeded) with ASHA on val_loss "
+        "over lr (loguniform) and the MLP's widths (3 choices), 6 epochs, 2 trials at once, 1 worker of 0.9 CPU "
+        "each, on the same generated table; each case in its own process with its own Ray. Wall: from before "
+        "Ray starts to the end of the sweep. Best: the lowest val_loss of a trial that trained all its "
+        "epochs." + when + "\n\n"
+        + _table(["sweep", "wall s", "best val_loss", "trials", "stopped early", "failed"], rows)
     )
 
 

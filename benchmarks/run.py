@@ -127,6 +127,14 @@ def measure_trees(size: str) -> dict:
     } for kind in ("xgboost", "lightgbm")}
 
 
+def measure_sweeps(size: str) -> dict:
+    """{case: result} for benchmarks/sweeps.py: ours and the hand-written Tune + Train V2 script."""
+    from benchmarks import sweeps
+
+    data = str(sweeps.ensure(size))
+    return {case: _child("sweeps", case, f"sweeps-{case}", data=data, size=size) for case in ("handwritten", "ours")}
+
+
 def _medians(runs: list[dict], keys: tuple[str, ...]) -> dict:
     """The run with the median `keys[0]`, each of `keys` replaced by its median over runs (every run's value
     kept under "runs"); "ttfs_run" is the run with the median time to first step, for its breakdown."""
@@ -210,13 +218,15 @@ def main(argv: list[str] | None = None) -> None:
     results["tables"] = measure_tables("quick" if options.quick else "full")
     print("trees …", flush=True)
     results["trees"] = measure_trees("quick" if options.quick else "full")
+    print("sweeps …", flush=True)
+    results["sweeps"] = measure_sweeps("quick" if options.quick else "full")
     results["total_s"] = round(time.time() - started, 1)
     (WORK / ("results-quick.json" if options.quick else "results.json")).write_text(json.dumps(results, indent=2))
     out.write_text(report.render(results))
     print(f"wrote {out} in {results['total_s']:.0f} s ({shlex.join(sys.argv)})")
 
 
-SECTIONS = ("tables", "trees")  # the sections --only can measure alone
+SECTIONS = ("tables", "trees", "sweeps")  # the sections --only can measure alone
 
 
 def _only(section: str, quick: bool, out: pathlib.Path) -> None:
@@ -225,7 +235,7 @@ def _only(section: str, quick: bool, out: pathlib.Path) -> None:
     results = json.loads(path.read_text())
     size = "quick" if quick else "full"
     print(f"{section} …", flush=True)
-    results[section] = {"tables": measure_tables, "trees": measure_trees}[section](size)
+    results[section] = {"tables": measure_tables, "trees": measure_trees, "sweeps": measure_sweeps}[section](size)
     results.setdefault("sections_measured", {})[section] = datetime.datetime.now().astimezone().isoformat(
         timespec="seconds")
     path.write_text(json.dumps(results, indent=2))

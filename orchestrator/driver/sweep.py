@@ -268,7 +268,8 @@ def _tuner(plan: SweepPlan, sweep_url: str, fs, concurrency: int, max_epochs: in
 
         algorithm = OptunaSearch(seed=seed)
     else:
-        algorithm = tune.search.BasicVariantGenerator(random_state=seed)
+        # Tune applies max_concurrent_trials only to a Searcher; this generator takes its own limit.
+        algorithm = tune.search.BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
     return tune.Tuner(
         trainable,
         param_space=param_space(search),

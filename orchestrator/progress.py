@@ -125,7 +125,8 @@ class SweepPrinter:
             shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
             line = f"  {event['trial']}  epoch {event.get('epoch')}  {event['metric']} {shown}"
         elif event.get("status") == "running":
-            params = "  ".join(f"{key}={value}" for key, value in (event.get("params") or {}).items())
+            params = "  ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                               for key, value in (event.get("params") or {}).items())
             line = f"{event['trial']} started: {params}"
         else:
             line = f"{event['trial']} {event['status']}: {event.get('why') or ''}"

@@ -264,8 +264,11 @@ def _tuner(plan: SweepPlan, sweep_url: str, fs, concurrency: int, max_epochs: in
             time_attr=TIME_ATTR, max_t=max_epochs, grace_period=search.grace_period,
             reduction_factor=search.reduction_factor, stop_last_trials=False)
     if search.algorithm == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
+        if not verbose:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         algorithm = OptunaSearch(seed=seed)
     else:
         # Tune applies max_concurrent_trials only to a Searcher; this generator takes its own limit.

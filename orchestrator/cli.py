@@ -421,6 +421,8 @@ def _run(args: argparse.Namespace) -> int:
     printer = progress.ProgressPrinter(job, verbose=args.verbose)
     summary = launch.run(job, address=args.address, fresh=args.fresh, verbose=args.verbose, on_record=printer)
     print(_describe(summary, job))
+    if args.verbose and summary.phases:
+        print(f"  time       {progress.format_phases(summary.phases)}")
     print(summary.run_dir)
     return 0
 

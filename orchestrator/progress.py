@@ -16,6 +16,7 @@ from typing import TextIO
 
 from orchestrator import settings
 from orchestrator.job.spec import JobSpec
+from orchestrator.track.summary import PHASES
 
 
 class ProgressPrinter:
@@ -131,6 +132,12 @@ class SweepPrinter:
         else:
             line = f"{event['trial']} {event['status']}: {event.get('why') or ''}"
         print(line, file=self.out, flush=True)
+
+
+def format_phases(phases: dict[str, float]) -> str:
+    """'prepare 0.4s  ray 3.1s  worker_group 6.2s …' for a summary's phases, in the order they happen
+    (track.summary.PHASES; summary.json stores them sorted by name)."""
+    return "  ".join(f"{name} {duration(phases[name])}" for name in PHASES if name in phases)
 
 
 def format_metrics(prefix: str, metrics: dict) -> str:

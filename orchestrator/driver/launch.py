@@ -177,8 +177,11 @@ def run(
     """
     started_at = time.time()
 
-    def announce(message: str) -> None:
-        on_record({"kind": Kind.PHASE, "message": message, "time": time.time()})
+    marks: list[dict] = []  # the driver's own PHASE records, for the summary's phases
+
+    def announce(message: str, phase: str | None = None) -> None:
+        marks.append({"kind": Kind.PHASE, "message": message, "phase": phase, "time": time.time()})
+        on_record(marks[-1])
 
     prepared = prepare(job, announce=announce)
     index = prepared.index
@@ -213,10 +216,10 @@ def run(
         board = ray.remote(RunBoard).options(num_cpus=0, scheduling_strategy=here).remote()
         scaling = prepared.job.scaling
         announce(f"starting {scaling.max_workers} Ray Train worker(s) ({prepared.job.model.kind}, "
-                 f"{scaling.cpus_per_worker:g} CPU(s) each) …")
+                 f"{scaling.cpus_per_worker:g} CPU(s) each) …", "workers")
         records, error = _fit(prepared, board, relay, audit_samples)
         meta["status"] = "failed" if error else "finished"
-        summary = summarize(job.name, prepared.run_url, records, started_at,
+        summary = summarize(job.name, prepared.run_url, marks + records, started_at,
                             unit="round" if prepared.job.model.trees else "epoch")
     except BaseException as stopped:  # run.json tells the truth whatever ended this session
         meta["status"], meta["error"] = _ended_by(stopped)
@@ -371,7 +374,7 @@ def _failure_reporter(board):
     return FailureReporter()
 
 
-def connect(address: str | None, verbose: bool, announce: Callable[[str], None], dashboard: bool = False) -> bool:
+def connect(address: str | None, verbose: bool, announce: Callable[..., None], dashboard: bool = False) -> bool:
     """Join the cluster at `address` / RAY_ADDRESS, or start an embedded one (with Ray's dashboard, and so
     its state API, when `dashboard`); True if started here."""
     import ray
@@ -386,14 +389,14 @@ def connect(address: str | None, verbose: bool, announce: Callable[[str], None],
         return False
     if address:
         _require_reachable(address)
-        announce(f"joining the Ray cluster at {address} …")
+        announce(f"joining the Ray cluster at {address} …", "ray")
         ray.init(address=address, log_to_driver=verbose, logging_level=quiet)
         return False
     from orchestrator.driver import cluster
 
     # Workers of the embedded cluster import user model modules (jobs/…) from here.
     python_path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
-    announce(f"starting a local Ray with {os.cpu_count()} CPU(s) …")
+    announce(f"starting a local Ray with {os.cpu_count()} CPU(s) …", "ray")
     ray.init(
         num_cpus=os.cpu_count(),
         include_dashboard=dashboard,

@@ -29,7 +29,7 @@ from orchestrator import storage
 from orchestrator.driver.runfolder import HISTORY_FILE, RUN_FILE, SUMMARY_FILE
 from orchestrator.errors import ReportError
 from orchestrator.job.spec import TREE_MODELS
-from orchestrator.progress import duration
+from orchestrator.progress import duration, format_phases
 from orchestrator.track.metadata import status
 from orchestrator.track.summary import fit_diagnosis
 
@@ -198,6 +198,9 @@ def describe(run: Run) -> str:
                 f"{steps(run)} steps, {summary.get('epochs_completed', '?')} epoch(s)")
     lines = [f"run {run.name} ({run.url}): {run.status}, {progress}, {duration(duration_s(run))}, "
              f"{world_size(run)} worker(s)"]
+    phases = summary.get("phases")
+    if phases:
+        lines.append(f"  time       {format_phases(phases)} (its last session)")
     final = _final_metrics(run)
     if final:
         lines.append("  final      " + "  ".join(f"{k} {_number(v)}" for k, v in final.items()))

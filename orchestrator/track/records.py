@@ -14,9 +14,11 @@ class Kind(str, enum.Enum):
     """What a progress record reports, and the fields it carries."""
 
     # a worker group began (world_size, resumed_step or None, null_labels: training rows without a label,
-    # preprocessing_fit_s: seconds the statistics pass took, None when the group loaded them)
+    # preprocessing_fit_s: seconds the statistics pass took, None when the group loaded them; entered_at:
+    # when rank 0's train function began, after its process started and imported everything)
     START = "start"
-    PHASE = "phase"  # the driver is about to do something slow before training (message); not on the board
+    # the driver is about to do something slow before training (message; phase: data | ray | workers); not on the board
+    PHASE = "phase"
     WORKER = "worker"  # a rank is running (rank, pid)
     SAMPLES = "samples"  # with audit_samples: the row ids a rank trains on at a step (rank, step, epoch, ids)
     FIRST_STEP = "first_step"  # the first optimizer step of a group finished
@@ -28,7 +30,8 @@ class Kind(str, enum.Enum):
     WARNING = "warning"  # something the user should know that did not stop training (message)
     FATAL = "fatal"  # training must stop and not be retried (message; error_class: the OrchestratorError to raise)
     FAILURE = "failure"  # the controller saw a worker group fail (causes: rank → one line)
-    # a rank finished (rank, step, weights_sha256: replicas must agree; tree models add peak_rss_mb and
+    # a rank finished (rank, step, weights_sha256: replicas must agree; networks add validation_s and
+    # checkpoint_s, the seconds its training thread spent on each; tree models add peak_rss_mb and
     # rss_before_data_mb, the worker's resident memory at its peak and before it read any data)
     FINAL = "final"
     RESUME = "resume"  # the driver continues an earlier run (checkpoint, step)

@@ -44,6 +44,7 @@ class RunSummary:
     fit: dict[str, Any] | None = None  # train/validation gap and where validation stopped improving
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    phases: dict[str, float] | None = None  # where the wall time went (`phases`), seconds per phase
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,8 +96,59 @@ def summarize(name: str, run_dir: str, records: list[dict], started_at: float, u
     digests = {r["weights_sha256"] for r in records if r["kind"] == Kind.FINAL}
     if len(digests) == 1:
         summary.weights_sha256 = digests.pop()
-    summary.wall_s = round(time.time() - started_at, 3)
+    ended_at = time.time()
+    summary.wall_s = round(ended_at - started_at, 3)
+    summary.phases = phases(records, started_at, ended_at)
     return summary
+
+
+PHASES = ("prepare", "ray", "worker_group", "setup", "first_step", "training", "validation", "checkpointing",
+          "shutdown")
+
+
+def phases(records: list[dict], started_at: float, ended_at: float) -> dict[str, float] | None:
+    """Where a session's wall time went, in seconds, from the driver's and the workers' timestamps:
+
+        prepare        reading footers (and writing demo data), checking the job, opening the run folder
+        ray            starting or joining Ray, checking resources and storage
+        worker_group   Ray Train's controller, placement, the worker processes and their imports
+        setup          rank 0 from its train function's start to its first record: finding the checkpoint,
+                       fitting the preprocessing (summary.preprocessing_fit_s), building the model, restoring
+        first_step     reading the first batch and taking the first step
+        training       the first step to the last, less validation and checkpointing (restarts included)
+        validation     validation passes on the training thread (networks)
+        checkpointing  saving and reporting checkpoints on the training thread (networks; the upload runs
+                       in the background)
+        shutdown       the last step's end to the summary (the group's teardown)
+
+    A phase whose marks are missing (a session that trained nothing, a record from an older worker) is left
+    out; None when no worker group started."""
+    starts = [r for r in records if r["kind"] == Kind.START]
+    if not starts:
+        return None
+    marks: dict[str, float] = {}
+    for r in records:
+        if r["kind"] == Kind.PHASE and r.get("phase"):
+            marks.setdefault(r["phase"], r["time"])
+    first_step = next((r["time"] for r in records if r["kind"] == Kind.FIRST_STEP), None)
+    finals = [r for r in records if r["kind"] == Kind.FINAL]
+    last = max((r["time"] for r in finals), default=None)
+    lead = min(finals, key=lambda r: r["rank"]) if finals else {}
+    inside = {"validation": lead.get("validation_s"), "checkpointing": lead.get("checkpoint_s")}
+    bounds = {
+        "prepare": (started_at, marks.get("ray", marks.get("workers"))),
+        "ray": (marks.get("ray"), marks.get("workers")),
+        "worker_group": (marks.get("workers"), starts[0].get("entered_at")),
+        "setup": (starts[0].get("entered_at"), starts[0]["time"]),
+        "first_step": (starts[0]["time"], first_step),
+        "training": (first_step, last),
+        "shutdown": (last, ended_at),
+    }
+    found = {name: b - a for name, (a, b) in bounds.items() if a is not None and b is not None}
+    found.update({name: value for name, value in inside.items() if value is not None})
+    if "training" in found:
+        found["training"] -= sum(value for value in inside.values() if value is not None)
+    return {name: round(found[name], 3) for name in PHASES if name in found}
 
 
 def fill_from_history(summary: RunSummary, history) -> None:

@@ -70,12 +70,13 @@ def train(config: dict) -> None:
     A mistake in the data or the job ends the run as that error without Ray
     Train's retries (train.guard).
     """
+    entered_at = time.time()  # the worker group's processes have started and imported everything
     job = spec.from_dict(config["job"])
     board = config["board"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     guard.run_once(board, rank, lambda: _Booster(job, config["index"], config["validation_index"], board,
-                                                  rank, world))
+                                                  rank, world, entered_at))
 
 
 def probe_rows(index: DatasetIndex, holdout_fraction: float, limit: int = PROBE_ROWS) -> list[tuple[int, np.ndarray]]:
@@ -143,8 +144,9 @@ def _read(index: DatasetIndex, pre, parts: list[tuple[int, np.ndarray | None]], 
 class _Booster:
     """One rank's tree training state; methods follow the module outline."""
 
-    def __init__(self, job, index, validation_index, board, rank, world):
+    def __init__(self, job, index, validation_index, board, rank, world, entered_at: float | None = None):
         self.job, self.board, self.rank, self.world = job, board, rank, world
+        self.entered_at = entered_at
         self.library = boosters.library(job.model.kind)
         self.rss_before_data_mb = _memory_mb("VmRSS")  # code loaded, no data read yet
         storage = ray.train.get_context().get_storage()
@@ -209,7 +211,7 @@ class _Booster:
     def run(self) -> None:
         """Boost the remaining rounds, then post this rank's digest of the final trees."""
         resumed = self.rounds_done if self.state else None
-        self._post(kind=Kind.START, world_size=self.world, resumed_step=resumed,
+        self._post(kind=Kind.START, world_size=self.world, resumed_step=resumed, entered_at=self.entered_at,
                    null_labels=self.preprocessing.label.null_labels, preprocessing_fit_s=self.preprocessing_fit_s)
         self.board.post.remote({"kind": Kind.WORKER, "rank": self.rank, "pid": os.getpid()})
         start, self.state = (self.state.model if self.state else None), None

@@ -82,6 +82,7 @@ def train(config: dict) -> None:
     alike, or one a rank meets alone while training, ends the run as that
     error without Ray Train's retries (train.guard).
     """
+    entered_at = time.time()  # the worker group's processes have started and imported everything
     job = spec.from_dict(config["job"])
     board = config["board"]
     context = ray.train.get_context()
@@ -90,14 +91,18 @@ def train(config: dict) -> None:
     if job.failure.inject or config.get("audit_samples"):
         rehearsal = Rehearsal(board, rank, job.failure.inject, bool(config.get("audit_samples")))
     guard.run_once(board, rank, lambda: _Worker(job, config["index"], config["validation_index"], board, rank,
-                                                 world, ray.train.torch.get_device(), rehearsal))
+                                                 world, ray.train.torch.get_device(), rehearsal, entered_at))
 
 
 class _Worker:
     """One rank's training state; methods follow the loop's outline."""
 
-    def __init__(self, job, index, validation_index, board, rank, world, device, rehearsal=None):
+    def __init__(self, job, index, validation_index, board, rank, world, device, rehearsal=None,
+                 entered_at: float | None = None):
         self.job, self.index, self.validation_index = job, index, validation_index
+        self.entered_at = entered_at
+        # Seconds the training thread spent validating and checkpointing (summary.json's phases).
+        self.validation_s = self.checkpoint_s = 0.0
         self.board, self.rank, self.world, self.device = board, rank, world, device
         self.rehearsal = rehearsal
         self.layout = Layout.for_job(job)
@@ -171,7 +176,7 @@ class _Worker:
     def run(self) -> None:
         """Restore, train to the end, and post this rank's final weights digest."""
         resumed_step = self._restore()
-        self._post(kind=Kind.START, world_size=self.world, resumed_step=resumed_step,
+        self._post(kind=Kind.START, world_size=self.world, resumed_step=resumed_step, entered_at=self.entered_at,
                    null_labels=self.preprocessing.label.null_labels, preprocessing_fit_s=self.preprocessing_fit_s)
         self.board.post.remote({"kind": Kind.WORKER, "rank": self.rank, "pid": os.getpid()})
         try:
@@ -183,7 +188,8 @@ class _Worker:
             # Every rank posts a digest of its weights: DDP keeps replicas identical,
             # and the driver refuses to call a run finished if they are not.
             self.board.post.remote({"kind": Kind.FINAL, "rank": self.rank, "step": self.step,
-                                    "weights_sha256": weights_digest(self.net.state_dict())})
+                                    "weights_sha256": weights_digest(self.net.state_dict()),
+                                    "validation_s": self.validation_s, "checkpoint_s": self.checkpoint_s})
 
     def _train_to_the_end(self, first_step: int) -> bool:
         """Step until the last step; False if stopped by a non-finite gradient (the driver reports it)."""
@@ -295,7 +301,9 @@ class _Worker:
         loss, rows = all_reduce_sum([progress.epoch_loss, progress.epoch_rows], self.device)
         rate = rows / max(time.perf_counter() - progress.epoch_started, 1e-9)  # training only, not validation
         train_metrics = {"loss": loss / max(rows, 1) * self.loss_scale}
+        started = time.perf_counter()
         validation = self._validate()
+        self.validation_s += time.perf_counter() - started
         values = {"epoch/train_loss": train_metrics["loss"], "epoch/samples_per_s": rate}
         values.update({f"val/{name}": value for name, value in validation.items()})
         history_rows = self.history.add(self.step, epoch, values, time.time())
@@ -382,12 +390,14 @@ class _Worker:
 
     def _checkpoint(self, metrics: dict, best: bool = False) -> None:
         """Checkpoint the current state: rank 0 saves it, every rank reports it to Ray Train."""
+        started = time.perf_counter()
         self.last_checkpoint_step, self.last_checkpoint_time = self.step, time.monotonic()
         self.timer_due_step = policy.timer_due_step(self.job.checkpoint, self.step, 0.0, self.seconds_per_step)
         self.preempted = False
         directory = self._save_state() if self.rank == 0 else None
         reporting.report(metrics, directory, step=self.step, samples=self.samples, uploader=self.uploader,
                          post=self._post, best=best)
+        self.checkpoint_s += time.perf_counter() - started
 
     def _save_state(self) -> str:
         """Write everything needed to continue exactly from here into a new local directory."""

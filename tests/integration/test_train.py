@@ -40,6 +40,10 @@ def test_two_workers_recover_the_ground_truth_and_the_summary_matches_what_was_p
     assert summary["validation"]["r2"] > 0.99
     assert any(f"{summary['steps']} steps" in line and "2 worker(s)" in line for line in printed)
     assert any(f"val loss {summary['validation']['loss']:.4g}" in line for line in printed)
+    # The wall time split into phases (Ray was already up here: none for starting it), each second once.
+    assert list(summary["phases"]) == sorted(["prepare", "worker_group", "setup", "first_step", "training",
+                                              "validation", "checkpointing", "shutdown"])
+    assert sum(summary["phases"].values()) == pytest.approx(summary["wall_s"], abs=0.01)
 
     weights = torch.load(run_dir / "model.pt", weights_only=True)
     w, b = learned_linear(run_dir)

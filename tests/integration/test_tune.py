@@ -91,8 +91,18 @@ def test_a_random_sweep_with_asha_stops_bad_trials_and_its_best_job_reproduces_e
     assert all(os.path.getsize(p) > 10_000 for p in plots)
 
 
+def asha_rungs(tune_folder) -> dict[int, set[str]]:
+    """Milestone → the trial ids ASHA recorded there, from the newest state Tune saved of our callback."""
+    import cloudpickle
+
+    newest = sorted(tune_folder.glob("callback-states-*.pkl"))[-1]
+    state = cloudpickle.loads(newest.read_bytes())
+    scheduler = cloudpickle.loads(next(s for s in state.values() if s)["scheduler"])
+    return {milestone: set(recorded) for bracket in scheduler["_brackets"] for milestone, recorded in bracket._rungs}
+
+
 def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trials(table, tmp_path):
-    search = {"metric": "val_accuracy", "trials": 4, "max_concurrent": 2, "seed": 2,
+    search = {"metric": "val_accuracy", "trials": 4, "max_concurrent": 2, "seed": 2, "scheduler": "asha",
               "space": {"optim.lr": {"loguniform": [1.0e-3, 0.05]}}}
     job_file = tmp_path / "sweep.yaml"
     job_file.write_text(yaml.safe_dump(sweep_job(table, str(tmp_path / "runs"), search, name="killed")))
@@ -101,10 +111,10 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trial
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # kill once a trial finished and another is training
+        while time.monotonic() < deadline:  # kill once a trial ended and another is training
             entries = read_sweep(folder)["trials"] if (folder / runfolder.SWEEP_FILE).exists() else {}
-            done = [name for name, entry in entries.items() if entry.get("status") == "finished"]
-            if done and any(entry.get("status") == "running" and entry.get("epochs") for entry in entries.values()):
+            done = [name for name, entry in entries.items() if entry.get("status") in ("finished", "pruned")]
+            if done and any(entry.get("status") == "running" for entry in entries.values()):
                 break
             time.sleep(0.5)
         else:
@@ -113,17 +123,21 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trial
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=60)
     before = read_sweep(folder)["trials"]
-    finished_before = {name for name, entry in before.items() if entry["status"] == "finished"}
+    ended_before = {name: entry for name, entry in before.items() if entry["status"] in ("finished", "pruned")}
     assert sweeps.open_sweep(str(folder)).status == "interrupted"
 
     rerun = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr
     state = read_sweep(folder)
     assert state["status"] == "finished" and len(state["trials"]) == 4
-    assert all(entry["status"] == "finished" for entry in state["trials"].values())
-    for name in finished_before:  # one driver session each: not trained again
+    assert {entry["status"] for entry in state["trials"].values()} <= {"finished", "pruned"}
+    for name, entry in ended_before.items():  # kept as they were, and not trained again
+        assert state["trials"][name]["status"] == entry["status"]
         meta = json.loads((folder / runfolder.TRIALS_DIR / name / "run.json").read_text())
         assert meta["sessions"] == 1
+    # ASHA's rungs came back: the scheduler state the second session saved holds the first-epoch record
+    # of every trial, those that ended before the kill (which never report again) included.
+    assert asha_rungs(folder / runfolder.TUNE_DIR)[1] == {name.removeprefix("trial-") for name in state["trials"]}
     assert f"best trial {state['best']}" in rerun.stdout
 
 

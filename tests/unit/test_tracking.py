@@ -12,7 +12,7 @@ from orchestrator.job import spec
 from orchestrator.progress import ProgressPrinter
 from orchestrator.track.metadata import run_metadata, status
 from orchestrator.track.relay import Relay
-from orchestrator.track.summary import fit_diagnosis
+from orchestrator.track.summary import fit_diagnosis, phases
 from orchestrator.train import stopping
 from tests.conftest import regression_job
 
@@ -105,3 +105,24 @@ def test_a_running_run_whose_driver_is_gone_reads_as_interrupted():
     assert status({"status": "running", "driver": {"host": here, "pid": os.getpid()}}) == "running"
     assert status({"status": "running", "driver": {"host": "elsewhere", "pid": int(gone.stdout)}}) == "running"
     assert status({"status": "finished", "driver": {"host": here, "pid": int(gone.stdout)}}) == "finished"
+
+
+def test_the_wall_time_splits_into_phases_from_the_driver_and_worker_timestamps():
+    records = [
+        {"kind": "phase", "phase": "data", "message": "reading footers", "time": 100.0},
+        {"kind": "phase", "phase": "ray", "message": "starting a local Ray", "time": 100.5},
+        {"kind": "phase", "phase": "workers", "message": "starting workers", "time": 103.0},
+        {"kind": "start", "world_size": 2, "resumed_step": None, "entered_at": 108.0, "time": 109.0},
+        {"kind": "first_step", "time": 109.25},
+        {"kind": "final", "rank": 1, "step": 40, "weights_sha256": "a", "validation_s": 0.5, "checkpoint_s": 1.0,
+         "time": 119.0},
+        {"kind": "final", "rank": 0, "step": 40, "weights_sha256": "a", "validation_s": 0.75, "checkpoint_s": 1.25,
+         "time": 119.25},
+    ]
+    found = phases(records, started_at=99.75, ended_at=120.0)
+    assert found == {"prepare": 0.75, "ray": 2.5, "worker_group": 5.0, "setup": 1.0, "first_step": 0.25,
+                     "training": 8.0, "validation": 0.75, "checkpointing": 1.25, "shutdown": 0.75}
+    assert sum(found.values()) == 120.0 - 99.75  # every second of the session is in exactly one phase
+    joined = [r for r in records if r.get("phase") != "ray"]  # a cluster joined before: no Ray phase
+    assert "ray" not in phases(joined, 99.75, 120.0) and phases(joined, 99.75, 120.0)["prepare"] == 3.25
+    assert phases([r for r in records if r["kind"] == "phase"], 99.75, 120.0) is None

@@ -80,7 +80,7 @@ def tune(raw: dict, *, source: str | None = None, default_name: str | None = Non
     if search.algorithm == "optuna":
         _require_optuna()
 
-    def announce(message: str) -> None:
+    def announce(message: str, phase: str | None = None) -> None:
         on_event({"kind": "phase", "message": message})
 
     prepared = launch.prepare(job, announce=announce)  # writes data.generate's data once, before any trial

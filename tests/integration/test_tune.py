@@ -108,10 +108,15 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trial
     job_file.write_text(yaml.safe_dump(sweep_job(table, str(tmp_path / "runs"), search, name="killed")))
     folder = tmp_path / "runs" / "killed"
     command = [sys.executable, "-m", "orchestrator", "tune", str(job_file)]
-    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as stderr:
+        driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # kill once a trial ended and another is training
+            if driver.poll() is not None:
+                pytest.fail(f"the sweep ended (exit {driver.returncode}) before it could be killed: "
+                            f"{errors.read_text()[-2000:]}")
             entries = read_sweep(folder)["trials"] if (folder / runfolder.SWEEP_FILE).exists() else {}
             done = [name for name, entry in entries.items() if entry.get("status") in ("finished", "pruned")]
             if done and any(entry.get("status") == "running" for entry in entries.values()):

@@ -39,7 +39,7 @@ from orchestrator.driver.runfolder import BEST_FILE, SWEEP_FILE, TRIALS_DIR, TUN
 from orchestrator.errors import LaunchError, SpecError, first_line
 from orchestrator.job import spec, trials
 from orchestrator.job.search import SearchSpec
-from orchestrator.track.metadata import run_metadata
+from orchestrator.track.metadata import this_driver
 from orchestrator.track.records import Kind
 from orchestrator.train.stopping import metric_value
 
@@ -96,7 +96,7 @@ def tune(raw: dict, *, source: str | None = None, default_name: str | None = Non
     if state.get("status") == "finished":
         on_event({"kind": "phase", "message": f"the sweep at {sweep_url} already finished; its results follow"})
         return sweep_url
-    state.update(status="running", driver=run_metadata(resolved.to_dict(), None)["driver"], error=None)
+    state.update(status="running", driver=this_driver(), error=None)
     live = _LiveSweep(sweep_url, state, search, on_event)
     live.write()
     embedded = False
@@ -283,16 +283,11 @@ def _tuner(plan: SweepPlan, sweep_url: str, fs, concurrency: int, max_epochs: in
             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=sweep_url if remote is None else fs_path(sweep_url),
+            name=TUNE_DIR, storage_path=sweep_url if remote is None else storage.arrow_filesystem(sweep_url)[1],
             storage_filesystem=remote, verbose=0, failure_config=tune.FailureConfig(max_failures=0),
             callbacks=[sweep_callback(sweep_url, scheduler)],
         ),
     )
-
-
-def fs_path(url: str) -> str:
-    """The path part of a URL, as Tune wants it next to its filesystem."""
-    return storage.arrow_filesystem(url)[1]
 
 
 def param_space(search: SearchSpec) -> dict[str, Any]:
@@ -329,8 +324,13 @@ def decode(search: SearchSpec, config: dict) -> dict[str, Any]:
 
 
 def trial_name(trial) -> str:
-    """A trial's run folder name (and Tune's name for it): stable across a restore."""
-    return f"trial-{trial.trial_id}"
+    """A Tune trial's run folder name (and Tune's name for it)."""
+    return run_name(trial.trial_id)
+
+
+def run_name(trial_id: str) -> str:
+    """The run folder name of the trial with Tune's `trial_id`: stable across a restore."""
+    return f"trial-{trial_id}"
 
 
 def run_trial(config: dict, plan: SweepPlan) -> None:
@@ -339,7 +339,7 @@ def run_trial(config: dict, plan: SweepPlan) -> None:
     from ray import tune
 
     context = tune.get_context()
-    job = trials.trial_job(plan.base, decode(plan.search, config), name=f"trial-{context.get_trial_id()}",
+    job = trials.trial_job(plan.base, decode(plan.search, config), name=run_name(context.get_trial_id()),
                            storage=plan.trials_url)
 
     def on_record(record: dict) -> None:

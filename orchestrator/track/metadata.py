@@ -20,10 +20,15 @@ def run_metadata(job: dict, previous: dict | None) -> dict:
     the driver (host and pid), so a session that died without a word can be told apart."""
     meta = previous or {"started_at": time.time(), "world_sizes": [], "restarts": [], "trackers": {}, "sessions": 0}
     meta.update(name=job["name"], job=job, status="running", versions=_versions(), git_commit=_git_commit(),
-                driver={"host": socket.gethostname(), "pid": os.getpid()})
+                driver=this_driver())
     meta.pop("error", None)
     meta["sessions"] = meta.get("sessions", 0) + 1
     return meta
+
+
+def this_driver() -> dict:
+    """The driver process as run.json and sweep.json name it: {"host", "pid"} (see `status`)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def status(meta: dict) -> str:

@@ -23,6 +23,7 @@ state come back (Tune restores the searcher itself; ASHA's rungs travel in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -97,6 +98,11 @@ def tune(raw: dict, *, source: str | None = None, default_name: str | None = Non
         on_event({"kind": "phase", "message": f"the sweep at {sweep_url} already finished; its results follow"})
         return sweep_url
     state.update(status="running", driver=this_driver(), error=None)
+    if job.tracking.mlflow:  # one MLflow run for the sweep, each trial's run nested under it
+        state["mlflow_run_id"] = _parent_run(job, sweep_url, state.get("mlflow_run_id"))
+        plan = dataclasses.replace(plan, base=spec.with_values(plan.base, {
+            "tracking.mlflow_experiment": job.tracking.mlflow_experiment or job.name,
+            "tracking.mlflow_parent_run_id": state["mlflow_run_id"]}))
     live = _LiveSweep(sweep_url, state, search, on_event)
     live.write()
     embedded = False
@@ -117,6 +123,8 @@ def tune(raw: dict, *, source: str | None = None, default_name: str | None = Non
         live.write()
         raise
     finally:
+        if state.get("mlflow_run_id"):
+            _close_parent_run(job, state, on_event)
         _LIVE.pop(sweep_url, None)
         if embedded:
             import ray
@@ -132,6 +140,35 @@ def _require_optuna() -> None:
     except ImportError:
         raise LaunchError("search.algorithm optuna needs the optuna package: pip install -e \".[tune]\" "
                           "(or use algorithm random or grid)") from None
+
+
+def _parent_run(job: spec.JobSpec, sweep_url: str, run_id: str | None) -> str:
+    """The sweep's MLflow run (track.exporters.open_parent_run), its search logged as params."""
+    from orchestrator.track import exporters
+
+    try:
+        return exporters.open_parent_run(job.tracking, job.name, sweep_url, run_id,
+                                         exporters.flatten({"search": job.search.to_dict()}))
+    except ImportError:
+        raise SpecError(["tracking.mlflow: needs the mlflow package, which is not installed: `pip install "
+                         "mlflow-skinny` (or `pip install -e \".[mlflow]\"`)"]) from None
+    except Exception as error:  # MLflow raises several kinds for an unusable store
+        where = job.tracking.mlflow_tracking_uri or "MLFLOW_TRACKING_URI or MLflow's default"
+        raise LaunchError(f"tracking.mlflow_tracking_uri: cannot open the MLflow tracking store ({where}): "
+                          f"{first_line(error)}") from None
+
+
+def _close_parent_run(job: spec.JobSpec, state: dict, on_event: Callable[[dict], None]) -> None:
+    """End the sweep's MLflow run with the best trial's metric; a tracker's failure only warns."""
+    from orchestrator.track import exporters
+
+    status = {"finished": "FINISHED", "interrupted": "KILLED"}.get(state.get("status"), "FAILED")
+    best = (state.get("trials") or {}).get(state.get("best") or "", {})
+    metrics = {f"best_{job.search.metric}": best["metric"]} if isinstance(best.get("metric"), (int, float)) else {}
+    try:
+        exporters.close_parent_run(job.tracking, state["mlflow_run_id"], status, metrics)
+    except Exception as error:  # the sweep's results are in its folder whatever MLflow does
+        on_event({"kind": "phase", "message": f"warning: the sweep's MLflow run was not closed: {first_line(error)}"})
 
 
 def _require_state_api() -> None:
@@ -497,6 +534,8 @@ def _best_job(run_url: str, best_url: str) -> dict:
     fs, path = storage.arrow_filesystem(run_url)
     job = dict((storage.read_json(fs, f"{path}/{runfolder.RUN_FILE}") or {})["job"])
     job.pop("search", None)
+    if job.get("tracking"):  # the best job runs on its own, not as one of the sweep's trials
+        job["tracking"] = {**job["tracking"], "mlflow_parent_run_id": None}
     parent, _, name = best_url.rstrip("/").rpartition("/")
     return {**job, "name": name, "storage": parent}
 

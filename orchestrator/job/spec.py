@@ -264,6 +264,7 @@ class TrackingSpec:
     mlflow: bool = False  # log params and metrics to MLflow (pip install mlflow)
     mlflow_tracking_uri: str | None = None  # None = MLFLOW_TRACKING_URI or MLflow's default
     mlflow_experiment: str | None = None  # None = the job's name
+    mlflow_parent_run_id: str | None = None  # nest this run's MLflow run under that run (a sweep sets it)
 
 
 @dataclass(frozen=True)
@@ -521,6 +522,7 @@ def _tracking(f: Fields) -> TrackingSpec:
         mlflow=f.bool("mlflow"),
         mlflow_tracking_uri=f.value("mlflow_tracking_uri", convert=as_str),
         mlflow_experiment=f.value("mlflow_experiment", convert=as_str),
+        mlflow_parent_run_id=f.value("mlflow_parent_run_id", convert=as_str),
     )
 
 

@@ -131,7 +131,7 @@ class MlflowExporter:
         except ImportError:
             raise SpecError(
                 "tracking.mlflow: needs the mlflow package, which is not installed: "
-                "`pip install mlflow` (or `pip install -e \".[mlflow]\"`)"
+                "`pip install mlflow-skinny` (or `pip install -e \".[mlflow]\"`)"
             ) from None
         self._Metric, self.run_meta = Metric, run_meta
         self._last_step: dict[str, int] = {}
@@ -165,6 +165,8 @@ class MlflowExporter:
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         tags = {"orchestrator.run_folder": run_url}
+        if job.tracking.mlflow_parent_run_id:
+            tags["mlflow.parentRunId"] = job.tracking.mlflow_parent_run_id  # a sweep's trial: its child run
         if run_meta.get("git_commit"):
             tags["mlflow.source.git.commit"] = run_meta["git_commit"]
         run = self.client.create_run(experiment_id, run_name=job.name, tags=tags)
@@ -194,3 +196,37 @@ class MlflowExporter:
         if not self._resumed:
             return -1
         return max((metric.step for metric in self.client.get_metric_history(self.run_id, name)), default=-1)
+
+
+def open_parent_run(tracking, name: str, sweep_url: str, run_id: str | None, params: dict) -> str:
+    """The MLflow run of a sweep, under which each trial's run nests (tracking.mlflow_parent_run_id):
+    `run_id` reopened when the store still has it, else a new run in tracking.mlflow_experiment (or
+    `name`) with `params` logged. Returns its id."""
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking.mlflow_tracking_uri)
+    if run_id:
+        try:
+            client.get_run(run_id)
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        except MlflowException:  # another store, or deleted: a new parent
+            pass
+    experiment = tracking.mlflow_experiment or name
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=name, tags={"orchestrator.sweep_folder": sweep_url})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:_MLFLOW_PARAM_CHARS]) for k, v in params.items()])
+    return run.info.run_id
+
+
+def close_parent_run(tracking, run_id: str, status: str, metrics: dict[str, float]) -> None:
+    """End a sweep's MLflow run: `metrics` (the best trial's) logged, status FINISHED | FAILED | KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking.mlflow_tracking_uri)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    client.set_terminated(run_id, status=status, end_time=int(time.time() * 1000))

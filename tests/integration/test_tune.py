@@ -147,11 +147,25 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trial
 
 
 def test_a_failing_trial_is_recorded_with_its_cause_and_the_sweep_goes_on(table, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     search = {"metric": "val_loss", "algorithm": "grid", "space": {"optim.lr": {"choice": [0.01, 1.0e+30]}}}
     sweep.tune(sweep_job(table, str(tmp_path / "runs"), search, name="grid", train={
-        "epochs": 2, "batch_size": 128, "seed": 0, "log_every_n_steps": 5}))
+        "epochs": 2, "batch_size": 128, "seed": 0, "log_every_n_steps": 5},
+        tracking={"mlflow": True, "mlflow_tracking_uri": uri}))
     state = read_sweep(tmp_path / "runs" / "grid")
     by_lr = {entry["params"]["optim.lr"]: entry for entry in state["trials"].values()}
     assert by_lr[0.01]["status"] == "finished"
     assert by_lr[1.0e30]["status"] == "failed" and "not finite" in by_lr[1.0e30]["why"]
     assert state["status"] == "finished" and state["best"] in state["trials"]
+
+    # MLflow: the sweep is one run, each trial's run nested under it with its own outcome.
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(state["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["search.metric"] == "val_loss"
+    assert parent.data.metrics["best_val_loss"] == by_lr[0.01]["metric"]
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted((run.data.params["optim.lr"], run.info.status) for run in children) == [
+        ("0.01", "FINISHED"), ("1e+30", "FAILED")]

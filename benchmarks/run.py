@@ -19,9 +19,12 @@ another so none competes with another for the CPUs. Order:
    standardized linear model on the same split, the statistics pass, samples/s
    with embeddings vs numeric columns only;
 7. trees (trees.py): ours (XGBoost and LightGBM, 1 and 2 workers) vs the same
-   library in one plain process: rows/s, memory above the data-free RSS, val R².
+   library in one plain process: rows/s, memory above the data-free RSS, val R²;
+8. sweeps (sweeps.py): `orchestrator tune` vs a hand-written Ray Tune + Ray
+   Train V2 script, the same 8-trial space with ASHA: wall time, best val_loss,
+   trials stopped early.
 
-`--only trees` (or any section) measures that section alone and merges it into
+`--only sweeps` (or any section) measures that section alone and merges it into
 the last full run's results.json before writing the report.
 
 The raw figures go to benchmarks/.work/results.json, the report to

@@ -98,7 +98,8 @@ def finish(fs: pyarrow.fs.FileSystem, run_path: str, run_url: str, job: JobSpec,
     name, manifest = final
     summary.checkpoint, summary.steps = name, max(summary.steps, manifest["step"])
     fs.copy_file(f"{run_path}/{name}/{HISTORY_FILE}", f"{run_path}/{HISTORY_FILE}")
-    fill_from_history(summary, pyarrow.parquet.read_table(f"{run_path}/{HISTORY_FILE}", filesystem=fs))
+    if not summary.epochs_completed:  # this session trained nothing: the stored history has the metrics
+        fill_from_history(summary, pyarrow.parquet.read_table(f"{run_path}/{HISTORY_FILE}", filesystem=fs))
     exported = name
     if job.early_stopping and job.early_stopping.export == "best":
         exported = checkpoint.newest_best(fs, run_path) or name

@@ -248,21 +248,13 @@ def _concurrency(plan: SweepPlan, search: SearchSpec) -> int:
 
 def _largest_trial(plan: SweepPlan) -> spec.JobSpec:
     """The trial job that needs the most CPUs: the base job with each probe of each scaling key."""
-    name, where = "trial", plan.trials_url
-    jobs = [trials.trial_job(plan.base, {}, name=name, storage=where)]
-    for key, domain in plan.search.space.items():
-        if key.startswith("scaling."):
-            jobs += [trials.trial_job(plan.base, {key: value}, name=name, storage=where) for value in domain.probes()]
+    jobs = trials.probe_jobs(plan.base, plan.search, ("scaling.",), storage=plan.trials_url)
     return max(jobs, key=lambda job: job.scaling.max_workers * job.scaling.cpus_per_worker)
 
 
 def _max_epochs(plan: SweepPlan, prepared: launch.PreparedJob) -> int:
     """The most epochs (rounds, for trees) any trial can train: ASHA's max_t."""
-    jobs = [trials.trial_job(plan.base, {}, name="trial", storage=plan.trials_url)]
-    for key, domain in plan.search.space.items():
-        if key.startswith(("train.", "model.rounds")):
-            jobs += [trials.trial_job(plan.base, {key: value}, name="trial", storage=plan.trials_url)
-                     for value in domain.probes()]
+    jobs = trials.probe_jobs(plan.base, plan.search, ("train.", "model.rounds"), storage=plan.trials_url)
     return max(_epochs(job, prepared.batches_per_epoch) for job in jobs)
 
 

@@ -28,6 +28,16 @@ def trial_job(base: Mapping, params: Mapping[str, Any], *, name: str, storage: s
     return spec.from_dict(raw)
 
 
+def probe_jobs(base: Mapping, search: SearchSpec, prefixes: tuple[str, ...], *, storage: str) -> list[spec.JobSpec]:
+    """The jobs that bound what a setting can reach over the space: `base`'s own trial job, and one job per
+    probe value (Domain.probes) of each searched key starting with one of `prefixes`."""
+    jobs = [trial_job(base, {}, name="trial", storage=storage)]
+    for key, domain in search.space.items():
+        if key.startswith(prefixes):
+            jobs += [trial_job(base, {key: value}, name="trial", storage=storage) for value in domain.probes()]
+    return jobs
+
+
 def check_space(base: Mapping, search: SearchSpec) -> list[str]:
     """Every way the space of `search` can make an invalid job from `base`, as problems that name
     the key(s) and value(s) at fault; empty when each probe value of each key (Domain.probes), and

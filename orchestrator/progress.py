@@ -16,6 +16,7 @@ from typing import TextIO
 
 from orchestrator import settings
 from orchestrator.job.spec import JobSpec
+from orchestrator.track.metadata import restart_cause
 from orchestrator.track.summary import PHASES
 
 
@@ -26,7 +27,7 @@ class ProgressPrinter:
         self.job, self.verbose, self.out = job, verbose, out
         self.tty = out.isatty()
         self.starts, self.null_labels = 0, 0
-        self.cause: str | None = None
+        self.failed: dict = {}  # what a failed group said (FAILURE causes, STALL records) until the next starts
         self.bar_shown = False
         self.last_plain = 0.0
 
@@ -54,7 +55,13 @@ class ProgressPrinter:
         self._line(f"warning: {r['message']}", sys.stderr if not self.tty else None)
 
     def _on_failure(self, r: dict) -> None:
-        self.cause = "; ".join(f"rank {rank} failed ({cause})" for rank, cause in sorted(r["causes"].items()))
+        self.failed["causes"] = r["causes"]
+
+    def _on_stall(self, r: dict) -> None:
+        self.failed.setdefault("stalls", []).append(r)
+        if self.verbose:
+            self._line(f"rank {r['rank']} made no progress for {r['idle_s']:g} s while {r['doing']}; its "
+                       f"threads:\n{r['stack']}", sys.stderr)
 
     def _on_start(self, r: dict) -> None:
         self.starts += 1
@@ -65,9 +72,9 @@ class ProgressPrinter:
             return
         resumed = r["resumed_step"]
         where = f"from step {resumed}" if resumed is not None else "from the start"
-        cause = self.cause or "the worker group restarted"
+        cause = restart_cause(self.failed.get("causes"), self.failed.get("stalls", ())) or "the worker group restarted"
         self._line(f"{cause}; resuming {where} with {r['world_size']} worker(s)")
-        self.cause = None
+        self.failed = {}
 
     def _on_epoch(self, r: dict) -> None:
         metrics = format_metrics("train", r["train"]) + format_metrics("val", r["validation"])

@@ -36,7 +36,7 @@ from orchestrator.errors import (
 )
 from orchestrator.job.spec import CLASSIFICATION_LOSSES, JobSpec
 from orchestrator.track.board import RunBoard
-from orchestrator.track.metadata import run_metadata
+from orchestrator.track.metadata import restart_cause, run_metadata
 from orchestrator.track.records import Kind
 from orchestrator.track.relay import Relay
 from orchestrator.track.summary import RunSummary, summarize
@@ -292,7 +292,9 @@ def _fit(prepared: PreparedJob, board, on_record, audit_samples: bool) -> tuple[
         classes = {c.__name__: c for c in (DataError, SpecError, CheckpointError)}
         return records, classes.get(fatal[0].get("error_class"), TrainingError)(fatal[0]["message"])
     if "error" in outcome:
-        return records, _explain_failure(outcome["error"], prepared.job)
+        last_start = max((i for i, r in enumerate(records) if r["kind"] == Kind.START), default=-1)
+        stalls = [r for r in records[last_start + 1:] if r["kind"] == Kind.STALL]
+        return records, _explain_failure(outcome["error"], prepared.job, stalls)
     digests = {r["weights_sha256"] for r in records if r["kind"] == Kind.FINAL}
     if len(digests) > 1 and prepared.job.model.trees:
         return records, TrainingError(
@@ -512,12 +514,16 @@ def _check_storage(job: JobSpec) -> None:
     )
 
 
-def _explain_failure(error: BaseException, job: JobSpec) -> OrchestratorError:
-    """One paragraph for a failed fit: our own error if a worker raised one, else the root cause."""
+def _explain_failure(error: BaseException, job: JobSpec, stalls: list[dict]) -> OrchestratorError:
+    """One paragraph for a failed fit: our own error if a worker raised one, else the stalled ranks
+    of the last group (STALL records), else the root cause."""
     from ray.train import WorkerGroupError
 
     if isinstance(error, OrchestratorError):
         return error
+    if stalls:
+        return TrainingError(f"training failed after {job.failure.max_failures} restart(s) allowed by "
+                             f"failure.max_failures: {restart_cause(None, stalls)}")
     if isinstance(error, WorkerGroupError):
         causes = {rank: _root_cause(e) for rank, e in sorted(error.worker_failures.items())}
         ours = [c for c in causes.values() if isinstance(c, OrchestratorError)]

@@ -211,10 +211,12 @@ class ScalingSpec:
 
 @dataclass(frozen=True)
 class FaultInjection:
-    """A rehearsal of recovery: worker `rank` calls os._exit at `exit_at_step`, once."""
+    """A rehearsal of recovery, once per run: worker `rank` calls os._exit after step `exit_at_step`,
+    or its training thread blocks for good after step `hang_at_step` (alive, still answering Ray)."""
 
-    exit_at_step: int  # optimizer step at which the worker dies (>= 1)
-    rank: int = 0  # which worker dies
+    exit_at_step: int | None = None  # optimizer step (or boosting round) after which the worker dies
+    rank: int = 0  # which worker fails
+    hang_at_step: int | None = None  # ... after which its training thread hangs
 
 
 @dataclass(frozen=True)
@@ -497,9 +499,13 @@ def _failure(f: Fields) -> FailureSpec:
     inject, rehearsal = f.section("inject", empty_when_absent=False, schema=FaultInjection), None
     if inject is not None:
         rehearsal = FaultInjection(
-            exit_at_step=inject.int("exit_at_step", why="the step at which that rank exits", min=1),
+            exit_at_step=inject.int("exit_at_step", nullable=True, min=1),
             rank=inject.int("rank", min=0),
+            hang_at_step=inject.int("hang_at_step", nullable=True, min=1),
         )
+        if (rehearsal.exit_at_step is None) == (rehearsal.hang_at_step is None):
+            inject.report.add(inject.path, "give exactly one of exit_at_step (the rank exits) and hang_at_step (its "
+                               "training thread hangs): the step after which that rank fails")
         inject.finish()
     return FailureSpec(max_failures=max_failures, inject=rehearsal, hang_timeout_s=hang_timeout_s)
 

@@ -67,18 +67,38 @@ def _git_commit() -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def record_in_metadata(meta: dict, record: dict, pending_cause: list[str]) -> None:
-    """Fold a progress record into run.json's world sizes, restarts and early stopping."""
+def record_in_metadata(meta: dict, record: dict, pending: dict) -> None:
+    """Fold a progress record into run.json's world sizes, restarts, stalls and early stopping.
+
+    `pending` carries what a failed group said (its FAILURE causes, its STALL records) until the
+    next group's START records the restart."""
     if record["kind"] == Kind.FAILURE:
-        pending_cause[:] = ["; ".join(f"rank {rank}: {cause}" for rank, cause in sorted(record["causes"].items()))]
+        pending["causes"] = record["causes"]
+    elif record["kind"] == Kind.STALL:
+        pending.setdefault("stalls", []).append(record)
+        meta.setdefault("stalls", []).append({key: record[key] for key in
+                                              ("time", "rank", "step", "doing", "idle_s", "last_beat_at", "stack")})
     elif record["kind"] == Kind.START:
         resumed = record["resumed_step"]
         meta["world_sizes"].append({"step": resumed or 0, "world_size": record["world_size"], "time": record["time"]})
-        if pending_cause or (resumed is not None and len(meta["world_sizes"]) > 1):
-            meta["restarts"].append({"time": record["time"], "cause": pending_cause[0] if pending_cause else
-                                     "the driver restarted", "resumed_step": resumed,
-                                     "world_size": record["world_size"]})
-            pending_cause.clear()
+        cause = restart_cause(pending.get("causes"), pending.get("stalls", ()))
+        if cause or (resumed is not None and len(meta["world_sizes"]) > 1):
+            meta["restarts"].append({"time": record["time"], "cause": cause or "the driver restarted",
+                                     "resumed_step": resumed, "world_size": record["world_size"]})
+        pending.clear()
     elif record["kind"] == Kind.STOPPED_EARLY:
         meta["early_stopping"] = {key: record[key] for key in ("best_value", "best_step", "best_epoch",
                                                                 "stopped_at_step")}
+
+
+def restart_cause(causes: dict | None, stalls=()) -> str | None:
+    """Why a worker group failed, in one line, or None if nothing says. Ranks that failed on their own
+    (died, stopped answering: the controller's FAILURE causes) lead, then the stalled ranks (STALL
+    records) in the order they stopped moving on: a rank stuck in a collective is most likely waiting
+    for one listed before it."""
+    stalled = {stall["rank"] for stall in stalls}
+    parts = [f"rank {rank} failed ({cause})" for rank, cause in sorted((causes or {}).items())
+             if int(rank) not in stalled]
+    parts += [f"rank {s['rank']} made no progress for {s['idle_s']:g} s while {s['doing']} (step {s['step']}; "
+              "its threads' stacks are in run.json)" for s in sorted(stalls, key=lambda stall: stall["last_beat_at"])]
+    return "; ".join(parts) or None

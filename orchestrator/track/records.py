@@ -30,6 +30,9 @@ class Kind(str, enum.Enum):
     WARNING = "warning"  # something the user should know that did not stop training (message)
     FATAL = "fatal"  # training must stop and not be retried (message; error_class: the OrchestratorError to raise)
     FAILURE = "failure"  # the controller saw a worker group fail (causes: rank → one line)
+    # a rank's watchdog found its training thread stuck and is ending the process (rank, doing, step,
+    # idle_s: seconds since it last moved on, last_beat_at: when, stack: every Python thread's stack)
+    STALL = "stall"
     # a rank finished (rank, step, weights_sha256: replicas must agree; networks add validation_s and
     # checkpoint_s, the seconds its training thread spent on each; tree models add peak_rss_mb and
     # rss_before_data_mb, the worker's resident memory at its peak and before it read any data)

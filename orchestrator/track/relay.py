@@ -25,10 +25,10 @@ class Relay:
     def __init__(self, meta: dict, exporters: list, on_record: Callable[[dict], None]):
         self.meta, self.exporters, self.on_record = meta, list(exporters), on_record
         self._last_step: dict[str, int] = {}
-        self._pending_cause: list[str] = []
+        self._pending: dict = {}  # what a failed group said, until the next group starts
 
     def __call__(self, record: dict) -> None:
-        record_in_metadata(self.meta, record, self._pending_cause)
+        record_in_metadata(self.meta, record, self._pending)
         rows = [r for r in record.get("rows") or () if r["step"] > self._last_step.get(r["name"], -1)]
         for row in rows:
             self._last_step[row["name"]] = row["step"]

@@ -60,6 +60,7 @@ from orchestrator.train import (
     stopping,
 )
 from orchestrator.train.rehearsal import Rehearsal
+from orchestrator.train.watchdog import Watchdog, posting_to
 
 PROBE_ROWS = 65_536  # training rows the train metrics are measured on, at most
 
@@ -205,6 +206,7 @@ class _Booster:
         self.round_started = time.perf_counter()
         self.uploader = checkpoint.Uploader(self.fs, self.run_path)
         self.rehearsal = Rehearsal(board, rank, job.failure.inject, False) if job.failure.inject else None
+        self.watchdog = Watchdog(job.failure.hang_timeout_s, posting_to(board, rank))
 
     # -- the loop -----------------------------------------------------------
 
@@ -216,6 +218,7 @@ class _Booster:
         self.board.post.remote({"kind": Kind.WORKER, "rank": self.rank, "pid": os.getpid()})
         start, self.state = (self.state.model if self.state else None), None
         left = self.job.model.rounds - self.rounds_done
+        self.watchdog.start()
         try:
             if left > 0 and self.stopping.stopped_at_step is None:
                 matrix = self.library.train_matrix(self._shard_batches, self.features, self.params)
@@ -225,6 +228,7 @@ class _Booster:
             else:
                 booster = self.library.load(start)
         finally:
+            self.watchdog.close()
             self.uploader.close()  # the worker may be torn down once this function returns
         self.board.post.remote({"kind": Kind.FINAL, "rank": self.rank, "step": self.rounds_done,
                                 "weights_sha256": self.library.digest(booster), "peak_rss_mb": _memory_mb("VmHWM"),
@@ -239,6 +243,7 @@ class _Booster:
                 yield read_matrix(source, self.preprocessing, self.shard, width)
                 return
             for part in self.shard:
+                self.watchdog.beat("reading its training rows", self.rounds_done)
                 yield read_matrix(source, self.preprocessing, [part], width)
         finally:
             source.close()
@@ -247,8 +252,9 @@ class _Booster:
         """Measure, record and maybe checkpoint round `round_index`; True to stop boosting now."""
         seconds = time.perf_counter() - self.round_started
         self.rounds_done = round_index + 1
+        self.watchdog.beat("measuring and checkpointing a round", self.rounds_done)
         if self.rehearsal is not None:  # failure.inject: the rank dies once the round is trained
-            self.rehearsal.maybe_exit(self.rounds_done)
+            self.rehearsal.maybe_fail(self.rounds_done)
         if round_index == self.first_round:
             self._post(kind=Kind.FIRST_STEP)
         train_metrics = self._measure(booster, round_index, "probe", self.probe)
@@ -276,6 +282,7 @@ class _Booster:
         if stop:
             self._post(kind=Kind.STOPPED_EARLY, step=self.rounds_done, epoch=round_index, **self.stopping.to_dict())
         self.round_started = time.perf_counter()
+        self.watchdog.beat("boosting a round", self.rounds_done + 1)
         return stop
 
     def _measure(self, booster, round_index: int, name: str, data: TreeMatrix) -> dict[str, float]:
@@ -331,6 +338,7 @@ class _Booster:
         reporting.upload_best(self.uploader, self._save(booster, best), best, self._post)
 
     # -- helpers ------------------------------------------------------------
+
 
     def _warn(self, message: str) -> None:
         self._post(kind=Kind.WARNING, message=message)

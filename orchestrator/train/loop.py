@@ -39,6 +39,7 @@ from orchestrator.data.reader import (
     default_prefetch,
     validation_batches,
 )
+from orchestrator.data.transforms import VALUE_BOUND
 from orchestrator.errors import DataError
 from orchestrator.job import spec
 from orchestrator.track.history import History
@@ -56,6 +57,7 @@ from orchestrator.train import (
 )
 from orchestrator.train.distributed import all_reduce_sum, reseed, weights_digest
 from orchestrator.train.rehearsal import Rehearsal
+from orchestrator.train.watchdog import Watchdog, posting_to
 
 _VALIDATION_BATCH_ROWS = 8192
 
@@ -155,6 +157,7 @@ class _Worker:
             self.model = torch.compile(self.model)
 
         self.uploader = checkpoint.Uploader(self.storage_fs, self.run_path)
+        self.watchdog = Watchdog(job.failure.hang_timeout_s, posting_to(board, rank))
 
         # Everything below is what a checkpoint restores.
         self.step, self.samples = 0, 0
@@ -179,9 +182,12 @@ class _Worker:
         self._post(kind=Kind.START, world_size=self.world, resumed_step=resumed_step, entered_at=self.entered_at,
                    null_labels=self.preprocessing.label.null_labels, preprocessing_fit_s=self.preprocessing_fit_s)
         self.board.post.remote({"kind": Kind.WORKER, "rank": self.rank, "pid": os.getpid()})
+        if not self.job.train.compile:  # else from the first step on: compiling it takes as long as it takes
+            self.watchdog.start()
         try:
             finished = self._train_to_the_end(first_step=(resumed_step or 0) + 1)
         finally:
+            self.watchdog.close()
             self.reader.close()
             self.uploader.close()  # the worker may be torn down once this function returns
         if finished:
@@ -195,6 +201,7 @@ class _Worker:
         """Step until the last step; False if stopped by a non-finite gradient (the driver reports it)."""
         progress = _Progress()
         while self.step < self.total_steps and self.stopping.stopped_at_step is None:
+            self.watchdog.beat("reading the next batch", self.step + 1)
             try:
                 batch = self.reader.next_batch()
             except EndOfEpoch:
@@ -202,12 +209,14 @@ class _Worker:
                     self._end_epoch(progress)
                 progress = _Progress()
                 continue
-            if self.rehearsal is not None:
+            if self.rehearsal is not None:  # its hang rehearses a stuck read: before the step's beat
                 self.rehearsal.before_step(self.step, self.reader.state().epoch, batch)
+            self.watchdog.beat("training a step (forward, backward, gradient all-reduce)", self.step + 1)
             if not self._train_step(batch, progress):
                 return False  # every rank saw the same non-finite gradient
             if self.step == first_step:
                 self._post(kind=Kind.FIRST_STEP)
+                self.watchdog.start()
             if len(progress.step_losses) >= self.job.train.log_every_n_steps:
                 self._log(progress)
             # On an epoch's last step the epoch-end checkpoint follows at once and
@@ -242,7 +251,7 @@ class _Worker:
         parameters = [p for p in self.net.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
         if not torch.isfinite(norm):  # gradients are all-reduced, so every rank agrees here
-            self._post(kind=Kind.FATAL, message=self._non_finite_message(loss_sum))
+            self._report_non_finite(batch, loss_sum)
             return False
         if self.job.train.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(parameters, self.job.train.grad_clip, norm)
@@ -264,6 +273,7 @@ class _Worker:
         rank projects the same timer step; and every rank asks Ray Train here
         whether the group is being preempted.
         """
+        self.watchdog.beat("reducing the train loss across ranks", self.step)
         elapsed = time.perf_counter() - progress.log_started
         timer = [time.monotonic() - self.last_checkpoint_time, elapsed / len(progress.step_losses)]
         *loss_sums, since_checkpoint, per_step = all_reduce_sum(
@@ -298,6 +308,7 @@ class _Worker:
             self._log(progress)  # every step's loss is recorded before the epoch's row
         cursor, epoch = self.reader.state(), self._epoch_in_progress()
         complete = cursor.batch in (0, self.batches_per_epoch)
+        self.watchdog.beat("reducing the epoch's metrics across ranks", self.step)
         loss, rows = all_reduce_sum([progress.epoch_loss, progress.epoch_rows], self.device)
         rate = rows / max(time.perf_counter() - progress.epoch_started, 1e-9)  # training only, not validation
         train_metrics = {"loss": loss / max(rows, 1) * self.loss_scale}
@@ -343,11 +354,13 @@ class _Worker:
                 holdout_fraction=None if self.validation_index else self.layout.holdout_fraction,
                 label_dtype=models.label_dtype(self.job.loss),
             ):
+                self.watchdog.beat("validating", self.step)
                 keep = models.labelled(batch.labels)  # rows without a label (or an unseen class) do not count
                 outputs = self.net(batch.numeric[keep].to(self.device), batch.codes[keep].to(self.device))
                 labels = batch.labels[keep].to(self.device)
                 accumulator.add(outputs, masked_loss(outputs.float(), labels), labels)
         self.net.train()
+        self.watchdog.beat("reducing the validation metrics across ranks", self.step)
         return accumulator.result(self.device)
 
     # -- resume -------------------------------------------------------------
@@ -391,6 +404,7 @@ class _Worker:
     def _checkpoint(self, metrics: dict, best: bool = False) -> None:
         """Checkpoint the current state: rank 0 saves it, every rank reports it to Ray Train."""
         started = time.perf_counter()
+        self.watchdog.beat("checkpointing (saving, reporting, waiting for the previous upload)", self.step)
         self.last_checkpoint_step, self.last_checkpoint_time = self.step, time.monotonic()
         self.timer_due_step = policy.timer_due_step(self.job.checkpoint, self.step, 0.0, self.seconds_per_step)
         self.preempted = False
@@ -424,16 +438,32 @@ class _Worker:
             device_type=self.device.type, dtype=torch.bfloat16, enabled=self.job.train.precision == "bf16"
         )
 
-    def _non_finite_message(self, loss_sum: torch.Tensor) -> str:
-        return (
-            f"training stopped at step {self.step + 1} (epoch {self.reader.state().epoch}): the "
-            f"gradient norm is not finite (this rank's loss sum: {float(loss_sum):g}). No checkpoint "
-            f"was written with these weights. Lower optim.lr (now {self.job.optim.lr:g}), set "
-            "train.grad_clip, or check the data for extreme values."
-        )
+    def _report_non_finite(self, batch, loss_sum: torch.Tensor) -> None:
+        """Post why this step's gradient norm is not finite: the inputs (a numeric input column past
+        the bound of scaled values, on any rank) or the optimization. A collective: every rank is here."""
+        names = self.preprocessing.input_description().numeric_names
+        largest = batch.numeric.abs().amax(dim=0).tolist() if batch.numeric.numel() else []
+        extreme = [(value, names[i]) for i, value in enumerate(largest) if not value <= VALUE_BOUND]
+        ranks_with_extreme_inputs, = all_reduce_sum([float(bool(extreme))], self.device)
+        where = f"training stopped at step {self.step + 1} (epoch {self.reader.state().epoch}): the gradient norm is "
+        if extreme:
+            value, name = max(extreme)
+            self._post(kind=Kind.FATAL, message=(
+                f"{where}not finite, and the inputs are the cause: numeric input '{name}' reaches {value:.3g} "
+                f"in rank {self.rank}'s part of the batch, beyond what a scaled column holds (±{VALUE_BOUND:g}). "
+                f"Scale it (data.columns: {{{name.split('__')[0]}: standard}}, or robust/log1p for a long tail). "
+                "No checkpoint was written with these weights."))
+        elif self.rank == 0 and not ranks_with_extreme_inputs:
+            weights = max((float(p.detach().abs().max()) for p in self.net.parameters() if p.numel()), default=0.0)
+            self._post(kind=Kind.FATAL, message=(
+                f"{where}not finite, and the optimization is the cause: every input of the step is finite and "
+                f"scaled (within ±{VALUE_BOUND:g}), while the loss sum is {float(loss_sum):g} and the largest "
+                f"weight {weights:.3g}. Lower optim.lr (now {self.job.optim.lr:g}) or set train.grad_clip. "
+                "No checkpoint was written with these weights."))
 
     def _warn(self, message: str) -> None:
         self._post(kind=Kind.WARNING, message=message)
+
 
     def _post(self, **record) -> None:
         if self.rank == 0 or record["kind"] == Kind.FATAL:

@@ -1,7 +1,8 @@
 """Rehearsals and audits a job or a test asks for: hooks the loop calls before a step, only when asked.
 
-`failure.inject` makes one rank call os._exit once per run (the RunBoard
-grants the fault once, not after every restart); `audit_samples` makes every
+`failure.inject` makes one rank call os._exit, or block its training thread
+for good, once per run (the RunBoard grants the fault once, not after every
+restart); `audit_samples` makes every
 rank post the row ids it trains on at each step. Off the hot path otherwise:
 the loop holds None and skips the call.
 """
@@ -9,6 +10,7 @@ the loop holds None and skips the call.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 import ray
@@ -21,7 +23,7 @@ from orchestrator.track.records import Kind
 class Rehearsal:
     """Test and rehearsal hooks, called before a step only when a job asks for one.
 
-    `fault` makes rank `fault.rank` call os._exit once (failure.inject); with
+    `fault` makes rank `fault.rank` exit or hang once (failure.inject); with
     `audit_samples` every rank posts the row ids it trains on at each step.
     """
 
@@ -34,12 +36,16 @@ class Rehearsal:
         if self.audit_samples:
             self.board.post.remote({"kind": Kind.SAMPLES, "rank": self.rank, "step": step + 1,
                                     "epoch": epoch, "ids": batch.ids.tolist()})
-        self.maybe_exit(step + 1)
+        self.maybe_fail(step + 1)
 
-    def maybe_exit(self, step: int) -> None:
-        """os._exit(1) if this is the fault's rank and `step` (an optimizer step, or a tree model's
-        boosting round) its exit_at_step, the first time the run gets there."""
+    def maybe_fail(self, step: int) -> None:
+        """If this is the fault's rank and `step` (an optimizer step, or a tree model's boosting round)
+        its exit_at_step: os._exit(1); its hang_at_step: block this thread for good. Only the first
+        time the run gets there."""
         fault = self.fault
-        if fault and self.rank == fault.rank and step == fault.exit_at_step:
-            if ray.get(self.board.claim_fault.remote()):
+        if not fault or self.rank != fault.rank or step not in (fault.exit_at_step, fault.hang_at_step):
+            return
+        if ray.get(self.board.claim_fault.remote()):
+            if step == fault.exit_at_step:
                 os._exit(1)  # a rehearsal of a dead worker: no cleanup, like a real crash
+            threading.Event().wait()  # a rehearsal of a stuck read: alive, answering Ray, never moving on

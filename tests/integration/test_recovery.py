@@ -238,3 +238,21 @@ def test_a_stopped_worker_is_treated_as_dead_after_the_hang_timeout_and_the_run_
     meta = json.loads((tmp_path / "recovery" / "run.json").read_text())
     assert "rank 1" in meta["restarts"][0]["cause"]
     assert_identical(load_weights(summary.run_dir), weights)
+
+
+def test_a_rank_stuck_while_alive_is_ended_by_its_watchdog_named_with_its_stack_and_the_run_ends_bit_identical(
+    reference, regression_data, tmp_path
+):
+    weights, _, _ = reference
+    raw = recovery_job(regression_data[0], str(tmp_path))
+    # Rank 1's training thread blocks for good after step 22 (a rehearsal of a read that never returns):
+    # the process still answers Ray's health checks, so only the watchdog can tell.
+    raw["failure"] = {"max_failures": 4, "hang_timeout_s": 5, "inject": {"hang_at_step": 22, "rank": 1}}
+    summary = launch.run(spec.from_dict(raw))
+    assert summary.status == "finished" and summary.restarts == 1
+    meta = json.loads((tmp_path / "recovery" / "run.json").read_text())
+    assert "rank 1 made no progress for" in meta["restarts"][0]["cause"]
+    stalled = [stall for stall in meta["stalls"] if stall["rank"] == 1]
+    assert stalled and stalled[0]["doing"] == "reading the next batch" and stalled[0]["idle_s"] >= 5
+    assert "maybe_fail" in stalled[0]["stack"]  # the stuck thread's own frames, not the watchdog's
+    assert_identical(load_weights(summary.run_dir), weights)

@@ -6,6 +6,8 @@ import json
 import pathlib
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -101,13 +103,29 @@ def test_a_worker_that_dies_mid_run_is_replaced_and_training_resumes_from_a_chec
     assert np.allclose(w, synthetic.truth(generate)[0], atol=0.05)
 
 
-def test_a_non_finite_loss_stops_the_run_with_an_error_naming_the_step(regression_data, tmp_path):
+def test_a_non_finite_loss_from_the_optimization_stops_the_run_naming_the_step_and_the_cause(
+    regression_data, tmp_path
+):
     data_dir, _ = regression_data
     raw = regression_job(data_dir, str(tmp_path), optim={"name": "sgd", "lr": 1e30})
-    with pytest.raises(TrainingError, match=r"training stopped at step \d+ .*not finite.*optim.lr"):
+    with pytest.raises(TrainingError, match=r"training stopped at step \d+ .*not finite, and the optimization "
+                                            r"is the cause.*optim.lr"):
         launch.run(spec.from_dict(raw))
     summary = json.loads((tmp_path / "test-run" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["model"] is None
+
+
+def test_a_non_finite_loss_from_an_unscaled_input_names_the_column_not_the_optimizer(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=2048)
+    huge = np.where(rng.random(2048) < 0.01, 1e36, rng.normal(size=2048))  # a few readings off the scale
+    pq.write_table(pa.table({"x": x, "huge": huge, "y": 2 * x}), tmp_path / "data.parquet", row_group_size=512)
+    raw = regression_job(str(tmp_path / "data.parquet"), str(tmp_path), optim={"name": "sgd", "lr": 0.01})
+    raw["data"]["columns"] = {"huge": {"transform": "none"}}
+    with pytest.raises(TrainingError, match=r"not finite, and the inputs are the cause: numeric input 'huge' "
+                                            r"reaches 1e\+36 .*data.columns: \{huge: standard\}") as raised:
+        launch.run(spec.from_dict(raw))
+    assert "optim.lr" not in str(raised.value)
 
 
 def test_more_workers_than_the_cluster_can_place_is_refused_before_training(regression_data, tmp_path):

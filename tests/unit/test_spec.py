@@ -136,6 +136,8 @@ def job_without(path: str, key: str) -> dict:
         walked.append(part)
         node = node.setdefault(part, copy.deepcopy(REQUIRED_VALUES.get(".".join(walked), {})))
     node.pop(key, None)
+    if path == "failure.inject" and key == "exit_at_step":  # a fault needs one of its two kinds
+        node["hang_at_step"] = 1
     if path and not node:  # an empty early_stopping means none: give it another field at its default
         other = next(f for f in dataclasses.fields(SECTIONS[path]) if f.name != key)
         node[other.name] = other.default
@@ -448,6 +450,14 @@ def test_a_batch_smaller_than_the_lanes_is_rejected():
 def test_more_workers_than_lanes_says_to_raise_the_lanes():
     problem = only_problem(minimal(data={"path": "p", "label": "y", "lanes": 4}, scaling={"workers": [2, 6]}))
     assert problem.startswith("data.lanes:") and "raise data.lanes to at least 6" in problem
+
+
+def test_an_injected_fault_is_an_exit_or_a_hang_never_both_nor_neither():
+    hang = spec.from_dict(minimal(scaling={"workers": 2}, failure={"inject": {"hang_at_step": 5, "rank": 1}}))
+    assert hang.failure.inject == spec.FaultInjection(hang_at_step=5, rank=1)
+    for inject in ({"rank": 1}, {"exit_at_step": 5, "hang_at_step": 5}):
+        assert only_problem(minimal(failure={"inject": inject})).startswith(
+            "failure.inject: give exactly one of exit_at_step (the rank exits) and hang_at_step")
 
 
 def test_an_injected_fault_must_target_an_existing_worker_rank():

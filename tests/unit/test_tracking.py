@@ -10,7 +10,7 @@ import sys
 
 from orchestrator.job import spec
 from orchestrator.progress import ProgressPrinter
-from orchestrator.track.metadata import run_metadata, status
+from orchestrator.track.metadata import record_in_metadata, restart_cause, run_metadata, status
 from orchestrator.track.relay import Relay
 from orchestrator.track.summary import fit_diagnosis, phases
 from orchestrator.train import stopping
@@ -60,6 +60,31 @@ def test_a_restart_is_one_line_naming_the_cause_and_where_training_resumes():
         {"kind": "start", "world_size": 2, "resumed_step": 400},
     ])
     assert text.strip() == "rank 1 failed (ActorDiedError: the actor died); resuming from step 400 with 2 worker(s)"
+
+
+def test_a_restart_after_stalls_names_the_rank_that_stopped_first_in_the_line_and_in_run_json():
+    stalls = [  # rank 0 waited in the gradient all-reduce for rank 1, stuck in a read a little earlier
+        {"kind": "stall", "rank": 0, "step": 23, "doing": "training a step", "idle_s": 5.2,
+         "last_beat_at": 100.004, "stack": "...", "time": 105.3},
+        {"kind": "stall", "rank": 1, "step": 23, "doing": "reading the next batch", "idle_s": 5.0,
+         "last_beat_at": 100.001, "stack": "...", "time": 105.4},
+    ]
+    records = [{"kind": "start", "world_size": 2, "resumed_step": None, "time": 90.0}, *stalls,
+               {"kind": "failure", "causes": {0: "ActorDiedError: exit code 75", 1: "ActorDiedError: exit code 75"}},
+               {"kind": "start", "world_size": 2, "resumed_step": 20, "time": 110.0}]
+    text = printed(records)
+    assert text.startswith("rank 1 made no progress for 5 s while reading the next batch (step 23; its threads' "
+                           "stacks are in run.json); rank 0 made no progress for 5.2 s while training a step")
+    assert text.strip().endswith("resuming from step 20 with 2 worker(s)")
+    meta = run_metadata({"name": "x"}, None)
+    pending: dict = {}
+    for record in records:
+        record_in_metadata(meta, record, pending)
+    assert meta["restarts"][0]["cause"] == text.strip().split("; resuming")[0]
+    assert [stall["rank"] for stall in meta["stalls"]] == [0, 1] and not pending
+    # A rank that stopped answering (SIGSTOP) cannot say anything itself: the controller's cause leads.
+    frozen = restart_cause({1: "WorkerHealthCheckFailedError: no answer for 5 s"}, stalls[:1])
+    assert frozen.startswith("rank 1 failed (WorkerHealthCheckFailedError: no answer for 5 s); rank 0 made no")
 
 
 def test_epochs_print_one_line_each_with_train_and_validation_metrics():

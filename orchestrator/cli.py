@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from typing import Sequence
 
@@ -73,8 +74,38 @@ def _parser() -> argparse.ArgumentParser:
     _job_arguments(validate)
     validate.set_defaults(command=_validate)
     _cluster_commands(commands)
+    _local_ray_commands(commands)
     _report_commands(commands)
     return parser
+
+
+def _local_ray_commands(commands) -> None:
+    """`up`, `down`: a warm local Ray that later runs join (driver/local_ray.py)."""
+    up = commands.add_parser("up", help="start a local Ray in the background; later run and tune join it "
+                                        "(no --address, no RAY_ADDRESS) and skip starting one")
+    up.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs it offers (default: all of this machine's)")
+    up.set_defaults(command=_up)
+    down = commands.add_parser("down", help="stop the local Ray that `up` started (nothing else)")
+    down.set_defaults(command=_down)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from orchestrator.driver import local_ray
+
+    print(f"starting a local Ray with {args.cpus} CPU(s) in the background …", flush=True)
+    local = local_ray.start(args.cpus)
+    print(f"local Ray up at {local.gcs_address} (dashboard {local.dashboard_url}); `orchestrator run` and "
+          "`tune` join it; `orchestrator down` stops it")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from orchestrator.driver import local_ray
+
+    local = local_ray.stop()
+    print("no local Ray started by `orchestrator up` is running" if local is None else
+          f"stopped the local Ray at {local.gcs_address}")
+    return 0
 
 
 def _report_commands(commands) -> None:

@@ -74,7 +74,10 @@ CONTROLLER_POLL_INTERVAL_S = Setting(
 RAY_API_SERVER_ADDRESS = Setting(
     "RAY_API_SERVER_ADDRESS", "", "Ray Jobs API (dashboard) URL for submit/status/logs/stop when --address is not given."
 )
-SUBMIT_CONNECT_TIMEOUT_S = Setting(
+SUBMIT_STATE_DIR = Setting(
+    "ORCHESTRATOR_STATE_DIR", "~/.cache/orchestrator", "Where `orchestrator up` keeps the state file of the local Ray it started."
+)
+CONNECT_TIMEOUT_S = Setting(
     "ORCHESTRATOR_SUBMIT_CONNECT_TIMEOUT_S", "10", "How long `orchestrator submit` waits to reach the Jobs API."
 )
 SUBMIT_PENDING_TIMEOUT_S = Setting(
@@ -89,6 +92,9 @@ ALLOW_LOCAL_STORAGE = Setting(
 )
 PLAIN_PROGRESS_INTERVAL_S = Setting(
     "ORCHESTRATOR_PLAIN_PROGRESS_INTERVAL_S", "30", "How often a run not on a terminal prints a progress line."
+)
+STATE_DIR = Setting(
+    "ORCHESTRATOR_STATE_DIR", "~/.cache/orchestrator", "Where `orchestrator up` keeps the state file of the local Ray it started."
 )
 CONNECT_TIMEOUT_S = Setting(
     "ORCHESTRATOR_CONNECT_TIMEOUT_S", "10", "How long joining a Ray cluster may wait for its address to answer."

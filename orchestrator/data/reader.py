@@ -8,7 +8,11 @@ keeps only the row groups the current shuffle windows still need, gathers
 each lane's window once in shuffled order, and assembles blocks of
 consecutive batches with one copy per lane, so a batch is a view of a block.
 A background thread can keep batches ready (`prefetch_batches`) where reading
-waits on a GPU or a network rather than on the CPUs training uses.
+waits on a GPU or a network rather than on the CPUs training uses. Training
+data small enough (`decoded_mb` within data.in_memory_mb) is *resident*: each
+row group is decoded once and kept for every later epoch, and only the cheap
+per-epoch shuffle and block assembly run again, so the batches are the same
+as streaming's, row for row.
 
 It knows nothing of DDP or checkpoints: the loop asks for the next batch,
 and `state()` / `restore()` carry the cursor that checkpoints store.
@@ -51,6 +55,15 @@ def _remember(cache: dict, key, value, limit: int):
         return None
     cache[key] = value
     return cache.pop(next(iter(cache))) if len(cache) > limit else None
+
+
+def decoded_mb(index: DatasetIndex | None, preprocessing: Preprocessing, label_dtype: str = "float32") -> float:
+    """MiB that every row of `index` takes decoded (numeric block, codes, label, row id); 0 for None."""
+    if index is None:
+        return 0.0
+    shape = preprocessing.input_description()
+    per_row = shape.numeric_width * 4 + shape.code_width * 8 + np.dtype(label_dtype).itemsize + 8
+    return sum(rg.num_rows for rg in index.row_groups) * per_row / 2**20
 
 
 def default_prefetch(url: str, device_type: str) -> int:
@@ -178,8 +191,11 @@ class ShardReader:
         label_dtype: str = "float32",
         prefetch_batches: int = 0,
         pin_memory: bool = False,
+        resident: bool = False,
     ):
         self.index, self.layout, self.preprocessing = index, layout, preprocessing
+        # With `resident`, every row group read stays decoded here for the next epochs.
+        self._resident: dict[int, _Decoded] | None = {} if resident else None
         shape = preprocessing.input_description()
         self.widths = (shape.numeric_width, shape.code_width)
         self.pin_memory = pin_memory
@@ -240,16 +256,18 @@ class ShardReader:
     def _blocks(self, epoch_plan: EpochPlan, first: int) -> Iterator[Batch]:
         """Blocks of consecutive batches from batch `first` to the epoch's end, each [batches, rows, ...]."""
         source = RowGroupSource(self.index, self.preprocessing, self.label_dtype)
-        decoded: dict[int, _Decoded] = {}  # row groups the lanes' current and next windows draw from
+        # Row groups the lanes' current and next windows draw from; resident: every one read so far.
+        decoded: dict[int, _Decoded] = {} if self._resident is None else self._resident
         windows: dict[int, tuple[int, _Decoded]] = {}  # each owned lane's current window, shuffled
         try:
             start = first
             while start < epoch_plan.batches:
                 stop = min((start // self.block_batches + 1) * self.block_batches, epoch_plan.batches)
                 yield self._assemble(epoch_plan, start, stop, source, decoded, windows)
-                needed = self._needed(epoch_plan, stop) if stop < epoch_plan.batches else set()
-                for position in [p for p in decoded if p not in needed]:
-                    del decoded[position]
+                if self._resident is None:
+                    needed = self._needed(epoch_plan, stop) if stop < epoch_plan.batches else set()
+                    for position in [p for p in decoded if p not in needed]:
+                        del decoded[position]
                 start = stop
         finally:
             source.close()

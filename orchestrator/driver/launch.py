@@ -377,8 +377,9 @@ def _failure_reporter(board):
 
 
 def connect(address: str | None, verbose: bool, announce: Callable[..., None], dashboard: bool = False) -> bool:
-    """Join the cluster at `address` / RAY_ADDRESS, or start an embedded one (with Ray's dashboard, and so
-    its state API, when `dashboard`); True if started here."""
+    """Join the cluster at `address` / RAY_ADDRESS, else the local Ray `orchestrator up` started
+    (driver.local_ray), else start an embedded one (with Ray's dashboard, and so its state API, when
+    `dashboard`); True if started here."""
     import ray
 
     # Ray Train's controller collects reports and notices dead workers at this
@@ -394,10 +395,17 @@ def connect(address: str | None, verbose: bool, announce: Callable[..., None], d
         announce(f"joining the Ray cluster at {address} …", "ray")
         ray.init(address=address, log_to_driver=verbose, logging_level=quiet)
         return False
-    from orchestrator.driver import cluster
+    from orchestrator.driver import cluster, local_ray
 
-    # Workers of the embedded cluster import user model modules (jobs/…) from here.
+    # Workers of a local cluster import user model modules (jobs/…) from here.
     python_path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+    warm = local_ray.running()
+    if warm is not None:
+        announce(f"joining the local Ray started by `orchestrator up` at {warm.gcs_address} …", "ray")
+        os.environ.update(warm.client_env())  # Ray Train's own actors find it too
+        ray.init(address=warm.gcs_address, log_to_driver=verbose, logging_level=quiet,
+                 runtime_env={"env_vars": {"PYTHONPATH": python_path}})
+        return False
     announce(f"starting a local Ray with {os.cpu_count()} CPU(s) …", "ray")
     ray.init(
         num_cpus=os.cpu_count(),

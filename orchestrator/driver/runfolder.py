@@ -45,7 +45,7 @@ BEST_FILE = "best.yaml"
 # Job settings that may change when a run resumes: where it runs and how it reports,
 # not what it computes. Anything else differing from the checkpoint's job is refused.
 MAY_CHANGE_ON_RESUME = (
-    "name", "storage", "scaling", "failure", "checkpoint", "tracking", "data.prefetch_batches",
+    "name", "storage", "scaling", "failure", "checkpoint", "tracking", "data.prefetch_batches", "data.in_memory_mb",
     "data.generate", "train.log_every_n_steps", "train.compile", "search",
 )
 

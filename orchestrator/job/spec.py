@@ -108,6 +108,9 @@ class DataSpec:
     shuffle_window_rows: int = 8192  # rows shuffled together within a lane
     # Batches a background thread reads ahead of the step; None = automatic (reader.default_prefetch).
     prefetch_batches: int | None = None
+    # Training data whose decoded size is at most this is decoded once and kept in each worker's
+    # memory across epochs (same batches, same order); 0 = always stream from the files.
+    in_memory_mb: float = 256.0
     generate: GenerateSpec | None = None  # demo data written on the first run
     exclude: tuple[str, ...] = ()  # columns left out when `features` is omitted
     # Per-column overrides of the inferred kind and its transform (job.columns.ColumnSpec).
@@ -229,6 +232,9 @@ class CheckpointSpec:
     # (train.policy.timer_due_step). None = no time-based checkpoints.
     every_n_seconds: float | None = None
     keep: int = 3  # newest checkpoints kept
+    # An epoch end checkpoints only if the newest checkpoint is at least this old (the run's last step,
+    # an early stop and a due step or timer checkpoint always do): short epochs share one checkpoint.
+    epoch_min_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -348,6 +354,7 @@ def _data(f: Fields) -> DataSpec:
         lanes=f.int("lanes", min=1),
         shuffle_window_rows=f.int("shuffle_window_rows", min=1),
         prefetch_batches=f.int("prefetch_batches", min=0),
+        in_memory_mb=f.float("in_memory_mb", min=0),
         generate=_generate(f.section("generate", empty_when_absent=False, schema=GenerateSpec)),
         exclude=f.str_list("exclude"),
         columns=read_columns(f),
@@ -490,6 +497,7 @@ def _checkpoint(f: Fields) -> CheckpointSpec:
         every_n_steps=f.int("every_n_steps", nullable=True, min=1),
         every_n_seconds=f.float("every_n_seconds", above=0),
         keep=f.int("keep", min=1),
+        epoch_min_interval_s=f.float("epoch_min_interval_s", min=0),
     )
 
 

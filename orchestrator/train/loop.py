@@ -36,6 +36,7 @@ from orchestrator.data.plan import Layout
 from orchestrator.data.reader import (
     EndOfEpoch,
     ShardReader,
+    decoded_mb,
     default_prefetch,
     validation_batches,
 )
@@ -121,6 +122,11 @@ class _Worker:
         if job.data.null_labels == "error" and label.null_labels:
             raise DataError(f"{label.null_labels} training row(s) have no '{label.name}' label (data.null_labels: "
                             "error); fill them in, or set data.null_labels: drop to skip them")
+        label_dtype = models.label_dtype(job.loss)
+        # Small data is decoded once and kept (training and validation rows alike); see data.reader.
+        self.resident = (decoded_mb(index, self.preprocessing, label_dtype)
+                         + decoded_mb(validation_index, self.preprocessing, label_dtype)) <= job.data.in_memory_mb
+        self.resident_validation: list | None = None
         self.summed_loss = models.summed_loss(job.loss, masked=label.null_labels > 0)
         self.loss_scale = metrics.loss_scale(job.loss, label.std if label.task == "regression" else None)
 
@@ -135,10 +141,11 @@ class _Worker:
             self.preprocessing,
             world_size=world,
             rank=rank,
-            label_dtype=models.label_dtype(job.loss),
+            label_dtype=label_dtype,
             prefetch_batches=(job.data.prefetch_batches if job.data.prefetch_batches is not None
                               else default_prefetch(index.url, device.type)),
             pin_memory=device.type == "cuda",
+            resident=self.resident,
         )
         first_epoch = self.reader.plan(0)
         self.batches_per_epoch, self.dropped_rows = first_epoch.batches, first_epoch.dropped
@@ -309,7 +316,10 @@ class _Worker:
         cursor, epoch = self.reader.state(), self._epoch_in_progress()
         complete = cursor.batch in (0, self.batches_per_epoch)
         self.watchdog.beat("reducing the epoch's metrics across ranks", self.step)
-        loss, rows = all_reduce_sum([progress.epoch_loss, progress.epoch_rows], self.device)
+        # Rank 0's time since the newest checkpoint travels in the same all-reduce: every rank decides alike.
+        since_checkpoint = time.monotonic() - self.last_checkpoint_time if self.rank == 0 else 0.0
+        loss, rows, since_checkpoint = all_reduce_sum([progress.epoch_loss, progress.epoch_rows, since_checkpoint],
+                                                      self.device)
         rate = rows / max(time.perf_counter() - progress.epoch_started, 1e-9)  # training only, not validation
         train_metrics = {"loss": loss / max(rows, 1) * self.loss_scale}
         started = time.perf_counter()
@@ -328,8 +338,12 @@ class _Worker:
                    stopping=self.stopping.to_dict() if verdict else None)
         metrics = {"step": self.step, "epoch": epoch, "train_loss": train_metrics["loss"]}
         metrics.update({f"val_{k}": v for k, v in validation.items()})
-        if self._checkpoint_reason(epoch_end=True) is not None:
-            self._checkpoint(metrics, best=bool(verdict and verdict.improved))
+        last = self.step == self.total_steps or bool(verdict and verdict.stop)
+        improved = bool(verdict and verdict.improved)
+        if self._checkpoint_reason(epoch_end=True, last=last, since_checkpoint=since_checkpoint) is not None:
+            self._checkpoint(metrics, best=improved)
+        elif improved and self.rank == 0:  # coalesced: early stopping's best copy is still kept
+            reporting.upload_best(self.uploader, self._save_state(), self.step, self._post)
         if verdict and verdict.stop:
             self._post(kind=Kind.STOPPED_EARLY, step=self.step, epoch=epoch, **self.stopping.to_dict())
 
@@ -343,17 +357,20 @@ class _Worker:
             self.job.loss, classes=len(label.classes) if label.task == "classification" else None,
             target_scale=(label.mean, label.std) if label.task == "regression" else None)
         masked_loss = models.summed_loss(self.job.loss, masked=True)
+        batches = self.resident_validation or validation_batches(
+            source,
+            self.preprocessing,
+            world_size=self.world,
+            rank=self.rank,
+            batch_rows=_VALIDATION_BATCH_ROWS,
+            holdout_fraction=None if self.validation_index else self.layout.holdout_fraction,
+            label_dtype=models.label_dtype(self.job.loss),
+        )
+        if self.resident and self.resident_validation is None:
+            batches = self.resident_validation = list(batches)
         self.net.eval()
         with torch.no_grad(), self._autocast():
-            for batch in validation_batches(
-                source,
-                self.preprocessing,
-                world_size=self.world,
-                rank=self.rank,
-                batch_rows=_VALIDATION_BATCH_ROWS,
-                holdout_fraction=None if self.validation_index else self.layout.holdout_fraction,
-                label_dtype=models.label_dtype(self.job.loss),
-            ):
+            for batch in batches:
                 self.watchdog.beat("validating", self.step)
                 keep = models.labelled(batch.labels)  # rows without a label (or an unseen class) do not count
                 outputs = self.net(batch.numeric[keep].to(self.device), batch.codes[keep].to(self.device))
@@ -382,10 +399,12 @@ class _Worker:
 
     # -- checkpoints --------------------------------------------------------
 
-    def _checkpoint_reason(self, epoch_end: bool = False) -> str | None:
+    def _checkpoint_reason(self, epoch_end: bool = False, last: bool = False,
+                           since_checkpoint: float = 0.0) -> str | None:
         """The checkpoint policy's verdict on the current step (the same on every rank)."""
         return policy.checkpoint_reason(self.job.checkpoint, policy.Moment(
-            step=self.step, last_checkpoint_step=self.last_checkpoint_step, epoch_end=epoch_end,
+            step=self.step, last_checkpoint_step=self.last_checkpoint_step, epoch_end=epoch_end, last=last,
+            seconds_since_checkpoint=since_checkpoint,
             preempted=self.preempted, timer_due_step=self.timer_due_step))
 
     def _preempted(self) -> bool:

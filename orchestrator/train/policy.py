@@ -37,18 +37,23 @@ class Moment:
     epoch_end: bool = False  # the epoch (or the run) ends at this step; validation is done
     preempted: bool = False  # Ray Train announced that a node of the group is about to go
     timer_due_step: int | None = None  # the step at which every_n_seconds falls due (None: no timer)
+    last: bool = False  # the run ends at this step (its last step, or early stopping stops it)
+    seconds_since_checkpoint: float = 0.0  # rank 0's, as every rank received it (epoch ends only)
 
 
 def checkpoint_reason(spec: CheckpointSpec, moment: Moment) -> str | None:
     """Why a checkpoint is due at `moment` (EPOCH_END, PREEMPTION, EVERY_N_STEPS, EVERY_N_SECONDS), or None.
 
-    Never twice at one step. An epoch's end always checkpoints: its state holds
-    the epoch's metrics and early-stopping verdict, so a step checkpoint due
-    on an epoch's last step is taken there instead, by the epoch end.
+    Never twice at one step. An epoch's end checkpoints when the run ends there
+    or the newest checkpoint is at least `epoch_min_interval_s` old; a shorter
+    epoch's end is coalesced into a later checkpoint (a resume replays it
+    exactly), unless a step or timer checkpoint falls due there: the epoch end
+    takes those, as its state holds the epoch's metrics and early-stopping
+    verdict.
     """
     if moment.step == moment.last_checkpoint_step:
         return None
-    if moment.epoch_end:
+    if moment.epoch_end and (moment.last or moment.seconds_since_checkpoint >= spec.epoch_min_interval_s):
         return EPOCH_END
     if moment.preempted:
         return PREEMPTION

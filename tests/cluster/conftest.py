@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,26 +23,11 @@ import urllib.request
 
 import yaml
 
+from orchestrator.driver.cluster import free_ports
 from tests.conftest import REPO
 
 # The quickstart made small: two short epochs over 6,000 rows.
 QUICK = ["--set", "data.generate.rows=6000", "--set", "train.epochs=2", "--set", "checkpoint.every_n_steps=5"]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free right now (all held open together, so none repeats)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 class RayHead:

@@ -17,7 +17,8 @@ import time
 import pytest
 import yaml
 
-from tests.cluster.conftest import RayHead, end_process_group, free_port, orchestrator
+from orchestrator.driver.cluster import free_port
+from tests.cluster.conftest import RayHead, end_process_group, orchestrator
 from tests.conftest import regression_job
 
 
@@ -67,7 +68,7 @@ def test_a_preempted_node_gets_a_checkpoint_at_once_and_the_run_still_finishes(c
         model={"kind": "mlp", "hidden": [512, 512]},
         optim={"name": "adamw", "lr": 0.001},
         train={"epochs": 25, "batch_size": 256, "log_every_n_steps": 5},
-        checkpoint={"every_n_steps": None, "keep": 100},  # only epoch ends, and the preemption one
+        checkpoint={"every_n_steps": None, "keep": 100},  # no step checkpoints: the preemption one stands out
     )
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(raw))

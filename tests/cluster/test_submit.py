@@ -14,8 +14,9 @@ import uuid
 
 import pytest
 
+from orchestrator.driver.cluster import free_port
 from orchestrator.driver.submit import EXCLUDES
-from tests.cluster.conftest import QUICK, RayHead, free_port, orchestrator
+from tests.cluster.conftest import QUICK, RayHead, orchestrator
 from tests.conftest import REPO
 
 # The Jobs API (dashboard) and its client come with ray[default].

@@ -95,9 +95,9 @@ def test_a_worker_that_dies_mid_run_is_replaced_and_training_resumes_from_a_chec
 
     assert summary.status == "finished"
     assert summary.restarts == 1
-    # Checkpoints were taken at step 20 and at the epoch's end, step 28: the newest before the
-    # death at step 33 is 28, even if Ray Train's controller had not registered it yet.
-    assert summary.resumed_from_steps == [28]
+    # A checkpoint was taken at step 20; the first epoch's end (step 28) came well within
+    # checkpoint.epoch_min_interval_s of it and was coalesced, so the death at step 33 resumes from 20.
+    assert summary.resumed_from_steps == [20]
     assert summary.steps == 3 * launch.prepare(job).batches_per_epoch  # every step, none lost
     w, _ = learned_linear(pathlib.Path(summary.run_dir))
     assert np.allclose(w, synthetic.truth(generate)[0], atol=0.05)

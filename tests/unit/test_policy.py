@@ -29,10 +29,27 @@ def test_no_step_checkpoints_when_every_n_steps_is_off():
     assert reasons(CheckpointSpec(every_n_steps=None), range(1, 50)) == {}
 
 
-def test_an_epoch_end_always_checkpoints_unless_this_step_already_has_one():
-    spec = CheckpointSpec(every_n_steps=None)
-    assert checkpoint_reason(spec, Moment(step=7, last_checkpoint_step=3, epoch_end=True)) == policy.EPOCH_END
-    assert checkpoint_reason(spec, Moment(step=7, last_checkpoint_step=7, epoch_end=True)) is None
+def test_an_epoch_end_checkpoints_once_the_newest_checkpoint_is_old_enough_unless_this_step_has_one():
+    spec = CheckpointSpec(every_n_steps=None, epoch_min_interval_s=10)
+    old = Moment(step=7, last_checkpoint_step=3, epoch_end=True, seconds_since_checkpoint=10.0)
+    assert checkpoint_reason(spec, old) == policy.EPOCH_END
+    assert checkpoint_reason(spec, Moment(step=7, last_checkpoint_step=7, epoch_end=True,
+                                          seconds_since_checkpoint=10.0)) is None
+    assert checkpoint_reason(CheckpointSpec(epoch_min_interval_s=0), Moment(step=7, last_checkpoint_step=3,
+                                                                            epoch_end=True)) == policy.EPOCH_END
+
+
+def test_short_epochs_share_a_checkpoint_but_the_last_step_and_due_step_checkpoints_are_never_skipped():
+    spec = CheckpointSpec(every_n_steps=20, epoch_min_interval_s=10)
+
+    def at(step: int, **moment) -> str | None:
+        return checkpoint_reason(spec, Moment(step=step, last_checkpoint_step=10, epoch_end=True,
+                                              seconds_since_checkpoint=0.4, **moment))
+    assert at(14) is None  # a sub-second epoch: coalesced
+    assert at(14, last=True) == policy.EPOCH_END  # the run ends here (its last step, or an early stop)
+    assert at(20) == policy.EVERY_N_STEPS  # a step checkpoint due at the epoch's end is taken there
+    assert at(14, preempted=True) == policy.PREEMPTION
+    assert at(14, timer_due_step=12) == policy.EVERY_N_SECONDS
 
 
 def test_a_preemption_notice_checkpoints_at_once():

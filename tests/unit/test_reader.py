@@ -14,6 +14,7 @@ from orchestrator.data.preprocess import finish
 from orchestrator.data.reader import (
     EndOfEpoch,
     ShardReader,
+    decoded_mb,
     default_prefetch,
     fit_in_process,
     fit_nodes,
@@ -120,6 +121,38 @@ def test_prefetch_does_not_change_what_is_read(index):
     eager, _ = read_epoch(index, world=2, rank=0, prefetch=0)
     ahead, _ = read_epoch(index, world=2, rank=0, prefetch=4)
     assert all(torch.equal(a.ids, b.ids) and torch.equal(a.numeric, b.numeric) for a, b in zip(eager, ahead))
+
+
+def test_resident_data_gives_the_same_batches_as_streaming_epoch_after_epoch_and_after_a_restore(index):
+    layout = plan.Layout(seed=5, batch_size=BATCH, lanes=LANES, window_rows=500, holdout_fraction=0.1)
+    pre = fitted(index, 0.1)
+
+    def epochs(resident: bool, restore_at: plan.Cursor | None = None) -> list[list]:
+        reader = ShardReader(index, layout, pre, world_size=2, rank=1, resident=resident)
+        if restore_at:
+            reader.restore(restore_at)
+        out: list[list] = [[]]
+        while len(out) <= 3:
+            try:
+                out[-1].append(reader.next_batch())
+            except EndOfEpoch:
+                out.append([])
+        assert resident == (reader._resident is not None and len(reader._resident) > 0)
+        return out[:3]
+
+    streamed, resident = epochs(False), epochs(True)
+    for a, b in zip(sum(streamed, []), sum(resident, [])):
+        assert torch.equal(a.ids, b.ids) and torch.equal(a.numeric, b.numeric) and torch.equal(a.labels, b.labels)
+    assert [b.ids.tolist() for b in streamed[0]] != [b.ids.tolist() for b in streamed[1]]  # epochs do differ
+    restored = epochs(True, restore_at=plan.Cursor(1, 5))
+    assert [b.ids.tolist() for b in restored[0]] == [b.ids.tolist() for b in streamed[1][5:]]
+    assert [b.ids.tolist() for b in restored[1]] == [b.ids.tolist() for b in streamed[2]]
+
+
+def test_the_decoded_size_counts_every_input_column_the_label_and_the_row_id(index):
+    rows = sum(rg.num_rows for rg in index.row_groups)
+    assert decoded_mb(index, fitted(index)) == rows * (2 * 4 + 4 + 8) / 2**20  # a, b numeric; float32 label; id
+    assert decoded_mb(None, fitted(index)) == 0
 
 
 def test_restoring_a_mid_epoch_cursor_continues_at_exactly_the_next_batch(index):

@@ -10,7 +10,12 @@ import sys
 
 from orchestrator.job import spec
 from orchestrator.progress import ProgressPrinter
-from orchestrator.track.metadata import record_in_metadata, restart_cause, run_metadata, status
+from orchestrator.track.metadata import (
+    record_in_metadata,
+    restart_cause,
+    run_metadata,
+    status,
+)
 from orchestrator.track.relay import Relay
 from orchestrator.track.summary import fit_diagnosis, phases
 from orchestrator.train import stopping

@@ -81,6 +81,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The parent's environment without Ray/thread settings, with the repo importable, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV and not k.startswith("ORCHESTRATOR_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    # A local Ray the user started with `orchestrator up` is joined only by the cases that ask for one.
+    env["ORCHESTRATOR_STATE_DIR"] = str(WORK / "no-local-ray")
     env.update(extra or {})
     return env
 

@@ -108,6 +108,26 @@ def targets(r: dict) -> list[Target]:
         *_table_targets(r["tables"]),
         *(_tree_targets(r["trees"]) if "trees" in r else []),
         *(_sweep_targets(r["sweeps"]) if "sweeps" in r else []),
+        *(_small_targets(r["small"], e2e) if "small" in r else []),
+    ]
+
+
+def _warm(small: dict) -> dict:
+    """Of the two warm runs, the one slower to its first step (a conservative reading)."""
+    return max((small["ours_warm_1"], small["ours_warm_2"]), key=lambda run: run["time_to_first_step_s"])
+
+
+def _small_targets(small: dict, e2e: dict) -> list[Target]:
+    plain, cold, warm = small["plain"], small["ours_cold"], _warm(small)
+    return [
+        Target("small_after", "small job (569 rows, 60 epochs): time after the first step, ours cold ÷ plain script",
+               cold["after_first_step_s"], plain["after_first_step_s"], 2.0, False, "s"),
+        Target("small_shutdown", "small job: shutdown after the last step, ours cold ÷ the 1 s limit",
+               cold["phases"]["shutdown"], 1.0, 1.0, False, "s"),
+        Target("ttfs_warm", "time to first step, ours warm (joining `orchestrator up`) ÷ plain script, small job",
+               warm["time_to_first_step_s"], plain["time_to_first_step_s"], 2.0, False, "s"),
+        Target("ttfs_cold_small", "time to first step, ours cold (small job) ÷ Ray Train + Ray Data (e2e)",
+               cold["time_to_first_step_s"], e2e["ray_data_train"]["time_to_first_step_s"], 0.5, False, "s"),
     ]
 
 
@@ -152,7 +172,7 @@ def render(r: dict, analysis: str | None = None) -> str:
     if analysis is None:
         analysis = ANALYSIS.read_text(encoding="utf-8") if ANALYSIS.exists() else ""
     parts = [_header(r), _targets_table(targets(r)), _reader(r), _e2e(r), _recovery(r), _stall(r), _tables(r),
-             *([_trees(r)] if "trees" in r else []), *([_sweeps(r)] if "sweeps" in r else []), _misses(r, analysed(analysis)), _retries(r)]
+             *([_trees(r)] if "trees" in r else []), *([_sweeps(r)] if "sweeps" in r else []), *([_small(r)] if "small" in r else []), _misses(r, analysed(analysis)), _retries(r)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -437,6 +457,30 @@ def _sweeps(r: dict) -> str:
         "Ray starts to the end of the sweep. Best: the lowest val_loss of a trial that trained all its "
         "epochs." + when + "\n\n"
         + _table(["sweep", "wall s", "best val_loss", "trials", "stopped early", "failed"], rows)
+    )
+
+
+def _small(r: dict) -> str:
+    small = r["small"]
+    measured = (r.get("sections_measured") or {}).get("small")
+    when = f" Measured {measured}, apart from the rest of this report." if measured else ""
+    phase_names = ("prepare", "ray", "worker_group", "setup", "first_step", "training", "validation",
+                   "checkpointing", "shutdown")
+    rows = []
+    for label, key in (("plain torch script (limit)", "plain"), ("ours cold", "ours_cold"),
+                       ("ours warm, 1st run after `up`", "ours_warm_1"), ("ours warm, 2nd run", "ours_warm_2")):
+        c = small[key]
+        phases = c.get("phases") or {}
+        rows.append([label, c["time_to_first_step_s"], c["after_first_step_s"], c["process_wall_s"], c["val_auc"],
+                     c.get("checkpoints", "-"), *(phases.get(name, "-") for name in phase_names)])
+    return (
+        "## Small jobs (issue 12)\n\n"
+        "`python -m benchmarks.small`'s cases (see its docstring): a 569-row, 30-feature table, MLP 64-64, batch 32, "
+        "60 epochs with validation every epoch; ours on 2 workers × 1 CPU with the job's defaults. Time to first "
+        "step counts from the process's spawn; after the first step runs to the end of the run (ours: its summary). "
+        f"`orchestrator up` itself took {small['up_s']} s before the warm runs.{when}\n\n"
+        + _table(["run", "time to first step s", "after first step s", "process wall s", "val AUC",
+                  "checkpoints", *phase_names], rows)
     )
 
 

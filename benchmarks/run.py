@@ -22,7 +22,10 @@ another so none competes with another for the CPUs. Order:
    library in one plain process: rows/s, memory above the data-free RSS, val R²;
 8. sweeps (sweeps.py): `orchestrator tune` vs a hand-written Ray Tune + Ray
    Train V2 script, the same 8-trial space with ASHA: wall time, best val_loss,
-   trials stopped early.
+   trials stopped early;
+9. small jobs (small.py): a 569-row table, 60 epochs: a plain torch script vs
+   ours cold and ours warm (joining `orchestrator up`): time to first step,
+   time after it, shutdown.
 
 `--only sweeps` (or any section) measures that section alone and merges it into
 the last full run's results.json before writing the report.
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import shlex
 import statistics
@@ -43,7 +47,7 @@ import sys
 import time
 
 from benchmarks import data, report
-from benchmarks.common import REPO, WORK, module_argv, run_child
+from benchmarks.common import RAY_CPUS, REPO, WORK, module_argv, run_child
 
 READERS = ("raw", "raw_mmap", "ours", "ours_unshuffled", "raydata")
 
@@ -138,6 +142,42 @@ def measure_sweeps(size: str) -> dict:
     return {case: _child("sweeps", case, f"sweeps-{case}", data=data, size=size) for case in ("handwritten", "ours")}
 
 
+def measure_small(size: str) -> dict:
+    """{case: result} for benchmarks/small.py: the plain script, ours cold, and ours warm (two runs joining
+    a local Ray that `orchestrator up` started here, stopped afterwards on every path)."""
+    import tempfile
+
+    from benchmarks import small
+    from orchestrator.driver import local_ray
+
+    data = small.ensure()
+    results = {
+        "plain": _child("small", "plain", "small-plain", data=data),
+        "ours_cold": _child("small", "ours", "small-ours-cold", data=data, name="small-cold"),
+    }
+    state = tempfile.mkdtemp(prefix="orc-bench-state-")
+    warm_env = {"ORCHESTRATOR_STATE_DIR": state}
+    previous = os.environ.get("ORCHESTRATOR_STATE_DIR")
+    os.environ["ORCHESTRATOR_STATE_DIR"] = state
+    try:
+        up_started = time.time()
+        local_ray.start(RAY_CPUS)
+        results["up_s"] = round(time.time() - up_started, 2)
+        for run in (1, 2):
+            results[f"ours_warm_{run}"] = _child("small", "ours", f"small-ours-warm-{run}", env=warm_env,
+                                                 data=data, name=f"small-warm-{run}")
+    finally:
+        local_ray.stop()
+        if previous is None:
+            os.environ.pop("ORCHESTRATOR_STATE_DIR", None)
+        else:
+            os.environ["ORCHESTRATOR_STATE_DIR"] = previous
+    for result in results.values():
+        if isinstance(result, dict):
+            result["time_to_first_step_s"] = round(result["first_step_time"] - result["spawn_time"], 3)
+    return results
+
+
 def _medians(runs: list[dict], keys: tuple[str, ...]) -> dict:
     """The run with the median `keys[0]`, each of `keys` replaced by its median over runs (every run's value
     kept under "runs"); "ttfs_run" is the run with the median time to first step, for its breakdown."""
@@ -153,9 +193,9 @@ def _medians(runs: list[dict], keys: tuple[str, ...]) -> dict:
     return chosen
 
 
-def _child(module: str, case: str, label: str, **args) -> dict:
+def _child(module: str, case: str, label: str, env: dict[str, str] | None = None, **args) -> dict:
     out = WORK / "out" / f"{label}.json"
-    return _run(label, module_argv(module, case, out, **args), out)
+    return _run(label, module_argv(module, case, out, **args), out, env=env)
 
 
 def _torchrun(directory: pathlib.Path) -> dict:
@@ -165,13 +205,13 @@ def _torchrun(directory: pathlib.Path) -> dict:
     return _run("e2e-torchrun", argv, out)
 
 
-def _run(label: str, argv: list[str], out: pathlib.Path, attempts: int = 3) -> dict:
+def _run(label: str, argv: list[str], out: pathlib.Path, attempts: int = 3, env: dict[str, str] | None = None) -> dict:
     """One measurement; a failed one is retried (up to `attempts` in all) and its failures kept in the results."""
     print(f"  {label} …", end="", flush=True)
     failures = []
     while True:
         try:
-            result = run_child(argv, out)
+            result = run_child(argv, out, env=env)
             break
         except RuntimeError as error:
             failures.append(str(error).splitlines()[0])
@@ -223,13 +263,15 @@ def main(argv: list[str] | None = None) -> None:
     results["trees"] = measure_trees("quick" if options.quick else "full")
     print("sweeps …", flush=True)
     results["sweeps"] = measure_sweeps("quick" if options.quick else "full")
+    print("small jobs …", flush=True)
+    results["small"] = measure_small("quick" if options.quick else "full")
     results["total_s"] = round(time.time() - started, 1)
     (WORK / ("results-quick.json" if options.quick else "results.json")).write_text(json.dumps(results, indent=2))
     out.write_text(report.render(results))
     print(f"wrote {out} in {results['total_s']:.0f} s ({shlex.join(sys.argv)})")
 
 
-SECTIONS = ("tables", "trees", "sweeps")  # the sections --only can measure alone
+SECTIONS = ("tables", "trees", "sweeps", "small")  # the sections --only can measure alone
 
 
 def _only(section: str, quick: bool, out: pathlib.Path) -> None:
@@ -238,7 +280,8 @@ def _only(section: str, quick: bool, out: pathlib.Path) -> None:
     results = json.loads(path.read_text())
     size = "quick" if quick else "full"
     print(f"{section} …", flush=True)
-    results[section] = {"tables": measure_tables, "trees": measure_trees, "sweeps": measure_sweeps}[section](size)
+    results[section] = {"tables": measure_tables, "trees": measure_trees, "sweeps": measure_sweeps,
+                        "small": measure_small}[section](size)
     results.setdefault("sections_measured", {})[section] = datetime.datetime.now().astimezone().isoformat(
         timespec="seconds")
     path.write_text(json.dumps(results, indent=2))

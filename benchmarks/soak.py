@@ -137,6 +137,9 @@ def by_driver(job: dict, folder: pathlib.Path, kill_after_epoch: int, corrupt: b
         model.write_bytes(bytes(data))
     rerun_at = time.time()
     rerun = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    if rerun.returncode != 0 or not (run_dir / "summary.json").exists():
+        tail = " | ".join((rerun.stdout + rerun.stderr).strip().splitlines()[-6:])
+        return {"status": f"re-run exit {rerun.returncode}: {tail}"[:600], "fault": True}
     summary = json.loads((run_dir / "summary.json").read_text())
     first = summary.get("time_to_first_step_s")
     return {"status": summary["status"] if rerun.returncode == 0 else f"exit {rerun.returncode}",

@@ -203,10 +203,10 @@ def run(
     relay, embedded = None, False
     try:
         relay = Relay(meta, _exporters(prepared, meta), on_record)
+        embedded = connect(address, verbose, announce)
         import ray  # deferred: `orchestrator validate` never pays for importing Ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        embedded = connect(address, verbose, announce)
         check_resources(prepared.job)
         _check_storage(prepared.job)
         if prepared.job.model.trees:
@@ -380,13 +380,18 @@ def connect(address: str | None, verbose: bool, announce: Callable[..., None], d
     """Join the cluster at `address` / RAY_ADDRESS, else the local Ray `orchestrator up` started
     (driver.local_ray), else start an embedded one (with Ray's dashboard, and so its state API, when
     `dashboard`); True if started here."""
-    import ray
+    from orchestrator.driver import cluster, local_ray
 
     # Ray Train's controller collects reports and notices dead workers at this
     # interval (Ray's default is 2 s); the driver's value reaches the controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", settings.CONTROLLER_POLL_INTERVAL_S.get())
 
     address = address or settings.RAY_ADDRESS.get() or None
+    warm = None if address else local_ray.running()
+    if warm is not None:
+        local_ray.prepare_to_join(warm)  # before Ray is imported where it can be
+    import ray
+
     quiet = logging.INFO if verbose else logging.ERROR
     if ray.is_initialized():
         return False
@@ -395,16 +400,12 @@ def connect(address: str | None, verbose: bool, announce: Callable[..., None], d
         announce(f"joining the Ray cluster at {address} …", "ray")
         ray.init(address=address, log_to_driver=verbose, logging_level=quiet)
         return False
-    from orchestrator.driver import cluster, local_ray
-
     # Workers of a local cluster import user model modules (jobs/…) from here.
     python_path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
-    warm = local_ray.running()
     if warm is not None:
         announce(f"joining the local Ray started by `orchestrator up` at {warm.gcs_address} …", "ray")
-        os.environ.update(warm.client_env())  # Ray Train's own actors find it too
-        ray.init(address=warm.gcs_address, log_to_driver=verbose, logging_level=quiet,
-                 runtime_env={"env_vars": {"PYTHONPATH": python_path}})
+        ray.init(address=warm.gcs_address, _node_ip_address=local_ray.NODE_IP, log_to_driver=verbose,
+                 logging_level=quiet, runtime_env={"env_vars": {"PYTHONPATH": python_path}})
         return False
     announce(f"starting a local Ray with {os.cpu_count()} CPU(s) …", "ray")
     ray.init(

@@ -32,6 +32,7 @@ from orchestrator.driver import cluster
 from orchestrator.errors import LaunchError
 
 _STATE_FILE = "local-ray.json"
+NODE_IP = "127.0.0.1"  # the head's node address: loopback only, so a driver joining it names it too
 _PORTS = ("port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
           "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
 
@@ -51,6 +52,17 @@ class LocalRay:
     def client_env(self) -> dict[str, str]:
         """The environment a process needs to join it (its address and token, by file: never the token)."""
         return {"RAY_ADDRESS": self.gcs_address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
+
+
+def prepare_to_join(local: LocalRay) -> None:
+    """Set this process's environment to join `local` (its address and token file). Ray reads its auth
+    settings when first imported; if it already was, it is made to read them again."""
+    os.environ.update(local.client_env())
+    if "ray._raylet" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def state_file() -> pathlib.Path:
@@ -91,7 +103,7 @@ def start(cpus: int, timeout_s: float = 120) -> LocalRay:
         token.write(secrets.token_hex(32))
     ports = dict(zip(_PORTS, cluster.free_ports(len(_PORTS))))
     command = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
-               f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+               f"--num-cpus={cpus}", f"--node-ip-address={NODE_IP}", f"--dashboard-host={NODE_IP}",
                f"--temp-dir={temp_dir}/ray", "--disable-usage-stats",
                *(f"--{name}={port}" for name, port in ports.items())]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
@@ -102,8 +114,8 @@ def start(cpus: int, timeout_s: float = 120) -> LocalRay:
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, cwd=temp_dir, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-    local = LocalRay(pid=process.pid, gcs_address=f"127.0.0.1:{ports['port']}",
-                     dashboard_url=f"http://127.0.0.1:{ports['dashboard-port']}", token_path=token_path,
+    local = LocalRay(pid=process.pid, gcs_address=f"{NODE_IP}:{ports['port']}",
+                     dashboard_url=f"http://{NODE_IP}:{ports['dashboard-port']}", token_path=token_path,
                      temp_dir=temp_dir, cpus=cpus, started_at=time.time())
     try:
         _wait_until_ready(local, process, log_path, timeout_s)

@@ -68,6 +68,10 @@ class ProgressPrinter:
         self.null_labels = r.get("null_labels") or 0
         if r.get("preprocessing_fit_s") is not None:
             self._line(f"preprocessing fitted on the training rows in {duration(r['preprocessing_fit_s'])}")
+            missing = r.get("missing_values") or {}
+            if missing:
+                self._line("missing values in the training rows (null, NaN or inf; filled as each column's kind "
+                           "says): " + ", ".join(f"{name} {count:,}" for name, count in missing.items()))
         if self.starts == 1:
             return
         resumed = r["resumed_step"]

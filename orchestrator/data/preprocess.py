@@ -288,6 +288,12 @@ class Preprocessing:
     rows: int  # training rows it was fitted on
     version: int = FORMAT_VERSION
 
+    def missing_counts(self) -> dict[str, int]:
+        """Training values each feature was missing (null, NaN or ±inf: filled as its kind says), for the
+        features that had any."""
+        counts = {s.name: (s.seconds.missing if isinstance(s, DatetimeStats) else s.missing) for s in self.columns}
+        return {name: count for name, count in counts.items() if count}
+
     def input_description(self) -> InputShape:
         """The widths and embedding tables a model needs for `transform`'s output."""
         ids = [s for s in self.columns if isinstance(s, VocabularyStats)]

@@ -14,7 +14,8 @@ class Kind(str, enum.Enum):
     """What a progress record reports, and the fields it carries."""
 
     # a worker group began (world_size, resumed_step or None, null_labels: training rows without a label,
-    # preprocessing_fit_s: seconds the statistics pass took, None when the group loaded them; entered_at:
+    # preprocessing_fit_s: seconds the statistics pass took, None when the group loaded them; missing_values:
+    # {feature: training values it was missing (null, NaN, ±inf)}, for those that had any; entered_at:
     # when rank 0's train function began, after its process started and imported everything)
     START = "start"
     # the driver is about to do something slow before training (message; phase: data | ray | workers); not on the board

@@ -34,6 +34,7 @@ class RunSummary:
     dropped_rows_per_epoch: int | None = None
     null_labels: int | None = None  # training rows without a label, left out (data.null_labels: drop)
     preprocessing_fit_s: float | None = None  # the statistics pass over the training rows, before the first step
+    missing_values: dict[str, int] | None = None  # per feature, missing training values (null, NaN, inf), if any
     wall_s: float = 0.0
     time_to_first_step_s: float | None = None
     checkpoint: str | None = None
@@ -63,6 +64,7 @@ def summarize(name: str, run_dir: str, records: list[dict], started_at: float, u
         summary.null_labels = starts[-1].get("null_labels")
         fits = [r["preprocessing_fit_s"] for r in starts if r.get("preprocessing_fit_s") is not None]
         summary.preprocessing_fit_s = round(fits[0], 3) if fits else None
+        summary.missing_values = starts[0].get("missing_values") or None
     first = [r["time"] for r in records if r["kind"] == Kind.FIRST_STEP]
     if first:
         summary.time_to_first_step_s = round(first[0] - started_at, 3)

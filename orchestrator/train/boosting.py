@@ -214,7 +214,8 @@ class _Booster:
         """Boost the remaining rounds, then post this rank's digest of the final trees."""
         resumed = self.rounds_done if self.state else None
         self._post(kind=Kind.START, world_size=self.world, resumed_step=resumed, entered_at=self.entered_at,
-                   null_labels=self.preprocessing.label.null_labels, preprocessing_fit_s=self.preprocessing_fit_s)
+                   null_labels=self.preprocessing.label.null_labels, preprocessing_fit_s=self.preprocessing_fit_s,
+                   missing_values=self.preprocessing.missing_counts())
         self.board.post.remote({"kind": Kind.WORKER, "rank": self.rank, "pid": os.getpid()})
         start, self.state = (self.state.model if self.state else None), None
         left = self.job.model.rounds - self.rounds_done

@@ -187,7 +187,8 @@ class _Worker:
         """Restore, train to the end, and post this rank's final weights digest."""
         resumed_step = self._restore()
         self._post(kind=Kind.START, world_size=self.world, resumed_step=resumed_step, entered_at=self.entered_at,
-                   null_labels=self.preprocessing.label.null_labels, preprocessing_fit_s=self.preprocessing_fit_s)
+                   null_labels=self.preprocessing.label.null_labels, preprocessing_fit_s=self.preprocessing_fit_s,
+                   missing_values=self.preprocessing.missing_counts())
         self.board.post.remote({"kind": Kind.WORKER, "rank": self.rank, "pid": os.getpid()})
         if not self.job.train.compile:  # else from the first step on: compiling it takes as long as it takes
             self.watchdog.start()

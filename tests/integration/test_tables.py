@@ -81,6 +81,23 @@ def test_a_mixed_table_learns_its_known_structure_and_counts_the_rows_without_a_
     assert summary.null_labels == len(unlabelled) > 0  # the training rows without a label, skipped
     saved = json.loads((pathlib.Path(summary.run_dir) / "summary.json").read_text())
     assert saved["null_labels"] == summary.null_labels and saved["preprocessing_fit_s"] > 0
+    # income's missing values are NaN, which Parquet footers do not count: the run counts them, exactly.
+    nan_incomes = sum(
+        int(np.isnan(_income(churn_data, first, rows)[plan.train_rows(first, rows, 0.2)]).sum())
+        for first, rows in _row_groups(churn_data))
+    assert saved["missing_values"]["income"] == nan_incomes > 0
+
+
+def _income(data: str, first_row: int, rows: int) -> np.ndarray:
+    """The income column of the row group that starts at global row `first_row`."""
+    at = 0
+    for path in sorted(pathlib.Path(data).glob("*.parquet")):
+        file = pq.ParquetFile(path)
+        for i in range(file.metadata.num_row_groups):
+            if at == first_row:
+                return file.read_row_group(i, columns=["income"])["income"].to_numpy(zero_copy_only=False)
+            at += file.metadata.row_group(i).num_rows
+    raise AssertionError(f"no row group starts at row {first_row}")
 
 
 def _row_groups(data: str):

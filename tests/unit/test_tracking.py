@@ -92,6 +92,13 @@ def test_a_restart_after_stalls_names_the_rank_that_stopped_first_in_the_line_an
     assert frozen.startswith("rank 1 failed (WorkerHealthCheckFailedError: no answer for 5 s); rank 0 made no")
 
 
+def test_the_fitted_preprocessing_is_announced_with_the_missing_values_it_filled():
+    text = printed([{"kind": "start", "world_size": 2, "resumed_step": None, "preprocessing_fit_s": 0.25,
+                     "missing_values": {"income": 931, "city": 1_464}}])
+    assert text.splitlines()[1] == ("missing values in the training rows (null, NaN or inf; filled as each "
+                                    "column's kind says): income 931, city 1,464")
+
+
 def test_epochs_print_one_line_each_with_train_and_validation_metrics():
     text = printed([{"kind": "epoch", "epoch": 0, "complete": True, "step": 28, "train": {"loss": 0.5},
                      "validation": {"loss": 0.6, "r2": 0.9}, "samples_per_s": 12345.0}])

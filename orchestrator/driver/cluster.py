@@ -1,7 +1,7 @@
 """What the connected Ray cluster is, and what its autoscaler can make of it.
 
 Owns reading the cluster's shape for the driver's up-front checks
-(`launch.check_resources`, `launch._check_storage`): the resources of the
+(`preflight.check_resources`, `preflight.check_storage`): the resources of the
 alive nodes, how many machines they span, and — when an autoscaler manages
 the cluster — the most resources it could ever offer. It only reads; it
 never changes the cluster. Call it from a driver connected with `ray.init`.

@@ -1,11 +1,11 @@
 """The driver: check the data, connect Ray, run Ray Train's TorchTrainer, return a summary.
 
 Owns everything between a validated `JobSpec` and a `RunSummary`: reading the
-Parquet footers once (`data.source`), refusing jobs that cannot run before
-any worker starts, joining `RAY_ADDRESS` or starting an embedded local Ray,
-building the TorchTrainer with its ScalingConfig / RunConfig / FailureConfig /
-CheckpointConfig, following progress while it fits, and writing `model.pt`
-and `summary.json` into the run folder `<storage>/<name>/`.
+Parquet footers once (`data.source`), connecting Ray (`session`), refusing
+jobs that cannot run before any worker starts (`preflight`), building the
+trainer with its ScalingConfig / RunConfig / FailureConfig / CheckpointConfig,
+following progress while it fits, and writing `model.pt` and `summary.json`
+into the run folder `<storage>/<name>/`.
 
 It does not parse arguments or print: progress reaches the caller through
 `on_record`, and failures are raised as `OrchestratorError`s.
@@ -14,7 +14,6 @@ It does not parse arguments or print: progress reaches the caller through
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Callable
 from orchestrator import settings, storage
 from orchestrator.data import plan, source
 from orchestrator.data.index import DatasetIndex
-from orchestrator.driver import runfolder
+from orchestrator.driver import preflight, runfolder, session
 from orchestrator.errors import (
     CheckpointError,
     DataError,
@@ -90,51 +89,10 @@ def prepare(job: JobSpec, *, generate: bool = True, announce: Callable[[str], No
         validation_index = source.scan(validation, job.data.label, index.features, overrides=job.data.columns,
                                        classification=classification)
     if job.model.trees:
-        _check_trees(job, index)
+        preflight.check_trees(job, index)
         return PreparedJob(job, index, validation_index, 0, 0)
     first_epoch = plan.Layout.for_job(job).plan(index, epoch=0)
     return PreparedJob(job, index, validation_index, first_epoch.batches, first_epoch.dropped)
-
-
-def _check_trees(job: JobSpec, index: DatasetIndex) -> None:
-    """Refuse a tree job its library cannot run: options it does not know, or more workers than row groups."""
-    from orchestrator.train import boosters
-
-    problems = boosters.library(job.model.kind).check_options(job.model.options, job.loss.name)
-    if problems:
-        raise SpecError(problems)
-    groups, workers = len(index.row_groups), job.scaling.max_workers
-    if workers > groups:
-        raise DataError(f"{index.url} has {groups} row group(s), fewer than scaling.workers ({workers}): each worker "
-                        f"of a {job.model.kind} model trains on whole row groups. Use at most {groups} worker(s), "
-                        "or write the data with more, smaller row groups.")
-
-
-def _check_tree_memory(prepared: PreparedJob) -> None:
-    """Refuse, before any worker starts, a tree job whose matrices cannot fit in its workers' memory
-    (data.matrix.memory_problem): the budget is Ray's `memory` resource, shared evenly by the workers."""
-    import ray
-
-    from orchestrator.data import matrix
-    from orchestrator.train.boosting import PROBE_ROWS
-
-    job, index = prepared.job, prepared.index
-    holdout = job.data.validation if isinstance(job.data.validation, float) else 0.0
-    validation_rows = (prepared.validation_index.num_rows if prepared.validation_index
-                       else sum(plan.holdout_count(rg.num_rows, holdout) for rg in index.row_groups))
-    largest = max((node.get("memory", 0.0) for node in _node_resources()), default=0.0)
-    problem = matrix.memory_problem(index, holdout, job.scaling.max_workers, validation_rows,
-                                    min(PROBE_ROWS, index.num_rows), ray.cluster_resources().get("memory", 0.0),
-                                    largest)
-    if problem:
-        raise LaunchError(f"{job.model.kind}: {problem}; or select fewer columns (data.features) or hold out "
-                          "fewer validation rows.")
-
-
-def _node_resources() -> list[dict]:
-    import ray
-
-    return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
 
 
 def _generate_if_missing(path: str, generate, announce: Callable[[str], None]) -> None:
@@ -203,14 +161,14 @@ def run(
     relay, embedded = None, False
     try:
         relay = Relay(meta, _exporters(prepared, meta), on_record)
-        embedded = connect(address, verbose, announce)
+        embedded = session.connect(address, verbose, announce)
         import ray  # deferred: `orchestrator validate` never pays for importing Ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        check_resources(prepared.job)
-        _check_storage(prepared.job)
+        preflight.check_resources(prepared.job)
+        preflight.check_storage(prepared.job)
         if prepared.job.model.trees:
-            _check_tree_memory(prepared)
+            preflight.check_tree_memory(prepared.job, prepared.index, prepared.validation_index)
         # On the driver's node: losing a worker node must not lose the run's progress board.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         board = ray.remote(RunBoard).options(num_cpus=0, scheduling_strategy=here).remote()
@@ -374,153 +332,6 @@ def _failure_reporter(board):
             board.post.remote({"kind": Kind.FAILURE, "causes": causes})
 
     return FailureReporter()
-
-
-def connect(address: str | None, verbose: bool, announce: Callable[..., None], dashboard: bool = False) -> bool:
-    """Join the cluster at `address` / RAY_ADDRESS, else the local Ray `orchestrator up` started
-    (driver.local_ray), else start an embedded one (with Ray's dashboard, and so its state API, when
-    `dashboard`); True if started here."""
-    from orchestrator.driver import cluster, local_ray
-
-    # Ray Train's controller collects reports and notices dead workers at this
-    # interval (Ray's default is 2 s); the driver's value reaches the controller.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", settings.CONTROLLER_POLL_INTERVAL_S.get())
-
-    address = address or settings.RAY_ADDRESS.get() or None
-    warm = None if address else local_ray.running()
-    if warm is not None:
-        local_ray.prepare_to_join(warm)  # before Ray is imported where it can be
-    import ray
-
-    quiet = logging.INFO if verbose else logging.ERROR
-    if ray.is_initialized():
-        return False
-    if address:
-        _require_reachable(address)
-        announce(f"joining the Ray cluster at {address} …", "ray")
-        ray.init(address=address, log_to_driver=verbose, logging_level=quiet)
-        return False
-    # Workers of a local cluster import user model modules (jobs/…) from here.
-    python_path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
-    if warm is not None:
-        announce(f"joining the local Ray started by `orchestrator up` at {warm.gcs_address} …", "ray")
-        ray.init(address=warm.gcs_address, _node_ip_address=local_ray.NODE_IP, log_to_driver=verbose,
-                 logging_level=quiet, runtime_env={"env_vars": {"PYTHONPATH": python_path}})
-        return False
-    announce(f"starting a local Ray with {os.cpu_count()} CPU(s) …", "ray")
-    ray.init(
-        num_cpus=os.cpu_count(),
-        include_dashboard=dashboard,
-        **({"dashboard_port": cluster.free_port()} if dashboard else {}),
-        log_to_driver=verbose,
-        logging_level=quiet,
-        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
-    )
-    # Ray Train's own actors find this cluster, not another one on the machine.
-    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    return True
-
-
-def _require_reachable(address: str) -> None:
-    """LaunchError at once when nothing listens at a host:port address (Ray itself retries for minutes)."""
-    target = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        return  # "auto", "local": Ray resolves those itself
-    from orchestrator.driver import cluster
-
-    why = cluster.unreachable(host, int(port), settings.CONNECT_TIMEOUT_S.get_float())
-    if why:
-        where = "RAY_ADDRESS" if address == settings.RAY_ADDRESS.get() else "--address"
-        raise LaunchError(
-            f"no Ray cluster answers at {address} (from {where}): {why}. Start the cluster, "
-            "fix the address, or unset RAY_ADDRESS to train on an embedded local Ray."
-        )
-
-
-def check_resources(job: JobSpec) -> None:
-    """Refuse up front a worker group the cluster can never place (no silent wait).
-
-    What the cluster lacks now is fine when its autoscaler can add it; refused
-    is what even the autoscaler's largest cluster (or, without one, the
-    cluster as it is) cannot hold, in total or on any one node.
-    """
-    import ray
-
-    from orchestrator.driver import cluster
-
-    workers, scaling = job.scaling.min_workers, job.scaling
-    need = {"CPU": workers * scaling.cpus_per_worker, **({"GPU": float(workers)} if scaling.use_gpu else {})}
-    per_worker = {"CPU": scaling.cpus_per_worker, **({"GPU": 1.0} if scaling.use_gpu else {})}
-    total, largest = ray.cluster_resources(), cluster.largest_node()
-    if all(need[k] <= total.get(k, 0) for k in need) and all(per_worker[k] <= largest.get(k, 0) for k in need):
-        return
-    limits = cluster.autoscaler_limits()
-    if limits is not None and limits.max_resources is None:
-        return  # an autoscaler whose limits we cannot read: Ray Train's placement timeout decides
-    most = dict(total)
-    if limits is not None:
-        most = {k: max(total.get(k, 0), limits.max_resources.get(k, 0)) for k in set(total) | set(need)}
-        largest = {k: max(largest.get(k, 0), limits.max_per_node.get(k, 0)) for k in set(largest) | set(need)}
-    what = {"CPU": f"scaling.workers {workers} × scaling.cpus_per_worker {scaling.cpus_per_worker:g}",
-            "GPU": "scaling.use_gpu, one per worker"}
-    has = "can grow to at most" if limits is not None else "has"
-    problems = [
-        f"{need[k]:g} {k}s ({what[k]}) but the cluster {has} {most.get(k, 0):g}"
-        for k in need if need[k] > most.get(k, 0)
-    ] + [
-        f"{per_worker[k]:g} {k}s on one node for each worker but its largest node offers {largest.get(k, 0):g}"
-        for k in need if per_worker[k] > largest.get(k, 0)
-    ]
-    if problems:
-        limit = f" (limits from {limits.source})" if limits is not None else ""
-        raise LaunchError(
-            "This job cannot be placed: it needs " + "; and ".join(problems) + f"{limit}. Lower "
-            "scaling.workers or scaling.cpus_per_worker (fractions are allowed), or run on a larger cluster."
-        )
-
-
-def _check_storage(job: JobSpec) -> None:
-    """Refuse paths that workers on other nodes would not see, before any worker starts.
-
-    Every worker reads `data.path` and writes checkpoints into `storage` on
-    its own node. A plain path works on one machine; on a cluster that spans,
-    or whose autoscaler can add, other machines it needs a shared URL, or
-    ORCHESTRATOR_ALLOW_LOCAL_STORAGE=1 to declare it an NFS mount. A path
-    inside the job's working directory is never shared: each node unpacks
-    its own copy of that directory.
-    """
-    from orchestrator.driver import cluster
-
-    paths = {"storage": job.storage, "data.path": job.data.path}
-    if isinstance(job.data.validation, str):
-        paths["data.validation"] = job.data.validation
-    local = {key: path for key, path in paths.items() if storage.is_local(path)}
-    if not local:
-        return
-    machines, nodes, limits = cluster.machines(), cluster.alive_nodes(), cluster.autoscaler_limits()
-    several_nodes = len(nodes) > 1 or (limits is not None and limits.adds_nodes)
-    several_machines = len(machines) > 1 or (limits is not None and limits.new_machines)
-    job_dir = cluster.job_working_dir() if several_nodes else None
-    in_job_dir = [key for key, path in local.items() if job_dir and (path + "/").startswith(job_dir.rstrip("/") + "/")]
-    if in_job_dir:
-        raise LaunchError(
-            f"{', '.join(f'{key} {local[key]!r}' for key in in_job_dir)}: inside the job's working directory, "
-            "of which every node of this cluster unpacks its own copy, so workers on other nodes would not "
-            "see it. Point it at shared storage (an s3:// or gs:// URL, or an absolute path every node mounts), "
-            "e.g. `--storage s3://bucket/runs` or `--set data.path=s3://bucket/data/*.parquet`."
-        )
-    if not several_machines or settings.ALLOW_LOCAL_STORAGE.get() == "1":
-        return
-    why = (f"its nodes run on {len(machines)} machines" if len(machines) > 1
-           else f"its autoscaler can add nodes on other machines ({limits.source})")
-    raise LaunchError(
-        f"{', '.join(f'{key} {path!r}' for key, path in local.items())}: a path on one machine, but this Ray "
-        f"cluster's nodes need not share a disk ({why}), and each worker reads its data and writes its "
-        "checkpoints on its own node. Use storage every node shares: an s3:// or gs:// URL "
-        "(`--storage s3://bucket/runs`; `pip install -e .[s3]` on the nodes), or a path on an NFS mount "
-        f"present on every node, declared with {settings.ALLOW_LOCAL_STORAGE.name}=1."
-    )
 
 
 def _explain_failure(error: BaseException, job: JobSpec, stalls: list[dict]) -> OrchestratorError:

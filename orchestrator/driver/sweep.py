@@ -35,7 +35,7 @@ from typing import Any, Callable
 import yaml
 
 from orchestrator import storage
-from orchestrator.driver import launch, runfolder
+from orchestrator.driver import launch, preflight, runfolder, session
 from orchestrator.driver.runfolder import BEST_FILE, SWEEP_FILE, TRIALS_DIR, TUNE_DIR
 from orchestrator.errors import LaunchError, SpecError, first_line
 from orchestrator.job import spec, trials
@@ -107,7 +107,7 @@ def tune(raw: dict, *, source: str | None = None, default_name: str | None = Non
     live.write()
     embedded = False
     try:
-        embedded = launch.connect(address, verbose, announce, dashboard=True)
+        embedded = session.connect(address, verbose, announce, dashboard=True)
         _require_state_api()
         concurrency = _concurrency(plan, search)
         tuner = _tuner(plan, sweep_url, fs, concurrency, _max_epochs(plan, prepared), verbose)
@@ -230,7 +230,7 @@ def _concurrency(plan: SweepPlan, search: SearchSpec) -> int:
     from orchestrator.driver import cluster
 
     largest = _largest_trial(plan)
-    launch.check_resources(largest)  # one trial must be placeable
+    preflight.check_resources(largest)  # one trial must be placeable
     scaling = largest.scaling
     per_trial = scaling.max_workers * scaling.cpus_per_worker
     cpus = ray.cluster_resources().get("CPU", 0.0)

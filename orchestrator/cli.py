@@ -28,6 +28,7 @@ from typing import Sequence
 from orchestrator import progress
 from orchestrator.errors import DataError, OrchestratorError
 from orchestrator.job import spec
+from orchestrator.track.records import Kind
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -450,11 +451,24 @@ def _run(args: argparse.Namespace) -> int:
     if job.search is not None:
         print("this job has a search section: `run` trains the values written in it; `orchestrator tune` searches")
     printer = progress.ProgressPrinter(job, verbose=args.verbose)
-    summary = launch.run(job, address=args.address, fresh=args.fresh, verbose=args.verbose, on_record=printer)
-    print(_describe(summary, job))
-    if args.verbose and summary.phases:
-        print(f"  time       {progress.format_phases(summary.phases)}")
-    print(summary.run_dir)
+    shown: list = []
+
+    def show(summary) -> None:
+        print(_describe(summary, job))
+        if args.verbose and summary.phases:
+            print(f"  time       {progress.format_phases(summary.phases)}")
+        print(summary.run_dir, flush=True)
+        shown.append(summary)
+
+    def on_record(record: dict) -> None:  # the summary as soon as it is written, not after Ray stops
+        if record["kind"] == Kind.SUMMARY:
+            show(record["summary"])
+        else:
+            printer(record)
+
+    summary = launch.run(job, address=args.address, fresh=args.fresh, verbose=args.verbose, on_record=on_record)
+    if not shown:  # a run found already complete
+        show(summary)
     return 0
 
 

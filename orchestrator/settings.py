@@ -68,8 +68,9 @@ REMOTE_BLOCK_SIZE_MB = Setting(
 )
 CONTROLLER_POLL_INTERVAL_S = Setting(
     "ORCHESTRATOR_CONTROLLER_POLL_INTERVAL_S",
-    "0.5",
-    "Ray Train controller's poll of its workers (unless RAY_TRAIN_HEALTH_CHECK_INTERVAL_S is set).",
+    "0.1",
+    "Ray Train controller's poll of its workers (unless RAY_TRAIN_HEALTH_CHECK_INTERVAL_S is set): it takes one "
+    "reported result per poll and sees a finished or dead group at its next poll; raise it for very large groups.",
 )
 RAY_API_SERVER_ADDRESS = Setting(
     "RAY_API_SERVER_ADDRESS", "", "Ray Jobs API (dashboard) URL for submit/status/logs/stop when --address is not given."

@@ -158,7 +158,7 @@ def run(
                           "machine and every worker can write.") from None
 
     meta["status"] = "failed"  # until training ends well; exporters read it when they close
-    relay, embedded = None, False
+    relay, embedded, error = None, False, None
     try:
         relay = Relay(meta, _exporters(prepared, meta), on_record)
         embedded = session.connect(address, verbose, announce)
@@ -179,6 +179,9 @@ def run(
         meta["status"] = "failed" if error else "finished"
         summary = summarize(job.name, prepared.run_url, marks + records, started_at,
                             unit="round" if prepared.job.model.trees else "epoch")
+        _conclude(prepared, summary, error, meta)
+        if error is None:  # before an embedded Ray stops (a second or so): the caller can show it now
+            on_record({"kind": Kind.SUMMARY, "summary": summary, "time": time.time()})
     except BaseException as stopped:  # run.json tells the truth whatever ended this session
         meta["status"], meta["error"] = _ended_by(stopped)
         storage.write_json(fs, run_file, {**meta, "ended_at": time.time()})
@@ -189,6 +192,14 @@ def run(
         if embedded:
             ray.shutdown()
             os.environ.pop("RAY_ADDRESS", None)  # it named the embedded cluster, which is gone now
+    if error:
+        raise error
+    return summary
+
+
+def _conclude(prepared: PreparedJob, summary: RunSummary, error: OrchestratorError | None, meta: dict) -> None:
+    """Write the session's outcome into the run folder: model.pt (when it finished), summary.json, run.json."""
+    fs, run_path = storage.arrow_filesystem(prepared.run_url)
     summary.dropped_rows_per_epoch = prepared.dropped_rows
     if error is None:
         runfolder.finish(fs, run_path, prepared.run_url, prepared.job, summary)
@@ -197,10 +208,8 @@ def run(
     summary.status = "failed" if error else "finished"
     summary.error = str(error) if error else None
     storage.write_json(fs, f"{run_path}/{runfolder.SUMMARY_FILE}", summary.to_dict())
-    storage.write_json(fs, run_file, {**meta, "ended_at": time.time(), **({"error": first_line(error)} if error else {})})
-    if error:
-        raise error
-    return summary
+    storage.write_json(fs, f"{run_path}/{runfolder.RUN_FILE}",
+                       {**meta, "ended_at": time.time(), **({"error": first_line(error)} if error else {})})
 
 
 def _ended_by(stopped: BaseException) -> tuple[str, str]:

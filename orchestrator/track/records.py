@@ -39,6 +39,9 @@ class Kind(str, enum.Enum):
     # rss_before_data_mb, the worker's resident memory at its peak and before it read any data)
     FINAL = "final"
     RESUME = "resume"  # the driver continues an earlier run (checkpoint, step)
+    # the driver wrote a finished run's summary.json (summary: the RunSummary), just before stopping an
+    # embedded Ray; to the caller's on_record only
+    SUMMARY = "summary"
     ALREADY_COMPLETE = "already_complete"  # the driver found the run finished (step, run_dir)
 
     def __str__(self) -> str:

@@ -75,10 +75,7 @@ CONTROLLER_POLL_INTERVAL_S = Setting(
 RAY_API_SERVER_ADDRESS = Setting(
     "RAY_API_SERVER_ADDRESS", "", "Ray Jobs API (dashboard) URL for submit/status/logs/stop when --address is not given."
 )
-SUBMIT_STATE_DIR = Setting(
-    "ORCHESTRATOR_STATE_DIR", "~/.cache/orchestrator", "Where `orchestrator up` keeps the state file of the local Ray it started."
-)
-CONNECT_TIMEOUT_S = Setting(
+SUBMIT_CONNECT_TIMEOUT_S = Setting(
     "ORCHESTRATOR_SUBMIT_CONNECT_TIMEOUT_S", "10", "How long `orchestrator submit` waits to reach the Jobs API."
 )
 SUBMIT_PENDING_TIMEOUT_S = Setting(

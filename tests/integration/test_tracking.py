@@ -40,7 +40,9 @@ def test_after_a_worker_dies_the_history_has_every_step_exactly_once(regression_
     assert run["status"] == "finished" and run["job"]["name"] == "test-run"
     assert [w["world_size"] for w in run["world_sizes"]] == [2, 2]
     assert len(run["restarts"]) == 1
-    assert run["restarts"][0]["resumed_step"] == 28
+    # The first epoch's end (step 28) fell within checkpoint.epoch_min_interval_s of the step-20 checkpoint
+    # and was coalesced: the restarted group replayed it, and its row above is still there once.
+    assert run["restarts"][0]["resumed_step"] == 20
     assert "rank 1" in run["restarts"][0]["cause"]
     assert set(run["versions"]) >= {"torch", "ray", "pyarrow", "python", "orchestrator"}
 

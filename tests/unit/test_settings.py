@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import pickle
+import re
 import subprocess
 import sys
 
@@ -72,3 +74,12 @@ def test_a_mistyped_setting_on_the_validate_path_exits_2_naming_the_variable(tmp
     assert result.returncode == 2, result.stderr
     assert "ORCHESTRATOR_FOOTER_READ_THREADS='many'" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_each_setting_is_named_after_its_variable_once_and_every_use_names_one_that_exists():
+    declared = {name: value for name, value in vars(settings).items() if isinstance(value, settings.Setting)}
+    assert all(name == s.name.removeprefix("ORCHESTRATOR_") for name, s in declared.items()), declared
+    assert len({s.name for s in declared.values()}) == len(declared)
+    used = {match for path in pathlib.Path(settings.__file__).parent.rglob("*.py")
+            for match in re.findall(r"\bsettings\.([A-Z][A-Z0-9_]+)\b", path.read_text())}
+    assert used and used <= set(declared), used - set(declared)

@@ -371,14 +371,37 @@ def run_trial(config: dict, plan: SweepPlan) -> None:
     job = trials.trial_job(plan.base, decode(plan.search, config), name=run_name(context.get_trial_id()),
                            storage=plan.trials_url)
 
+    reported: list[int] = []
+
     def on_record(record: dict) -> None:
         if record["kind"] == Kind.EPOCH and record.get("complete", True):
+            reported.append(record["epoch"])
             tune.report(_result(plan.search.metric, record["epoch"] + 1, record.get("train") or {},
                                 record.get("validation") or {}))
 
     summary = launch.run(job, on_record=on_record)
+    if not reported:  # a run found complete (its trial ended as the last driver died): its epochs, again
+        for epoch, train, validation in _stored_epochs(summary.run_dir):
+            tune.report(_result(plan.search.metric, epoch + 1, train, validation))
     tune.report({**_result(plan.search.metric, summary.epochs_completed, summary.train, summary.validation),
                  "run_status": "finished", "stopped_early": summary.stopped_early})
+
+
+def _stored_epochs(run_url: str) -> list[tuple[int, dict, dict]]:
+    """(epoch, train metrics, validation metrics) of each epoch in a finished run's metrics.parquet, so a
+    scheduler that lost them with a killed driver (ASHA's rungs) hears them again."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.arrow_filesystem(run_url)
+    rows = pq.read_table(f"{path}/{runfolder.HISTORY_FILE}", filesystem=fs).to_pylist()
+    epochs: dict[int, tuple[int, dict, dict]] = {}
+    for row in rows:
+        if row["name"] == "epoch/train_loss":
+            epochs.setdefault(row["step"], (row["epoch"], {}, {}))[1]["loss"] = row["value"]
+    for row in rows:
+        if row["name"].startswith("val/") and row["step"] in epochs:
+            epochs[row["step"]][2][row["name"].split("/", 1)[1]] = row["value"]
+    return [epochs[step] for step in sorted(epochs)]
 
 
 def _result(metric: str, epochs: int, train: dict, validation: dict) -> dict:

@@ -102,7 +102,8 @@ def start(cpus: int, timeout_s: float = 120) -> LocalRay:
     with open(os.open(token_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as token:
         token.write(secrets.token_hex(32))
     ports = dict(zip(_PORTS, cluster.free_ports(len(_PORTS))))
-    command = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+    # Ray's own CLI, run by this interpreter: wherever pip put the `ray` script (a venv, ~/.local/bin).
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
                f"--num-cpus={cpus}", f"--node-ip-address={NODE_IP}", f"--dashboard-host={NODE_IP}",
                f"--temp-dir={temp_dir}/ray", "--disable-usage-stats",
                *(f"--{name}={port}" for name, port in ports.items())]

@@ -57,6 +57,8 @@ class LocalRay:
 def prepare_to_join(local: LocalRay) -> None:
     """Set this process's environment to join `local` (its address and token file). Ray reads its auth
     settings when first imported; if it already was, it is made to read them again."""
+    if "ray._raylet" in sys.modules and sys.modules["ray"].is_initialized():
+        return  # connected already (an earlier run of this process): connect reuses that connection
     os.environ.update(local.client_env())
     if "ray._raylet" in sys.modules:
         from ray._raylet import AuthenticationTokenLoader, Config

@@ -179,7 +179,7 @@ def run(
         meta["status"] = "failed" if error else "finished"
         summary = summarize(job.name, prepared.run_url, marks + records, started_at,
                             unit="round" if prepared.job.model.trees else "epoch")
-        _conclude(prepared, summary, error, meta)
+        _conclude(prepared, fs, run_path, summary, error, meta)
         if error is None:  # before an embedded Ray stops (a second or so): the caller can show it now
             on_record({"kind": Kind.SUMMARY, "summary": summary, "time": time.time()})
     except BaseException as stopped:  # run.json tells the truth whatever ended this session
@@ -197,9 +197,10 @@ def run(
     return summary
 
 
-def _conclude(prepared: PreparedJob, summary: RunSummary, error: OrchestratorError | None, meta: dict) -> None:
-    """Write the session's outcome into the run folder: model.pt (when it finished), summary.json, run.json."""
-    fs, run_path = storage.arrow_filesystem(prepared.run_url)
+def _conclude(prepared: PreparedJob, fs, run_path: str, summary: RunSummary, error: OrchestratorError | None,
+              meta: dict) -> None:
+    """Write the session's outcome into the run folder at `run_path` on `fs`: model.pt (when it finished),
+    summary.json, run.json."""
     summary.dropped_rows_per_epoch = prepared.dropped_rows
     if error is None:
         runfolder.finish(fs, run_path, prepared.run_url, prepared.job, summary)

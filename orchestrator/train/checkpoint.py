@@ -225,8 +225,24 @@ def load_trees(directory: str) -> TreeState:
                      preprocessing=preprocessing, stopping=dict(state.get("stopping", {})))
 
 
-_DIR_NAME = re.compile(r"^step-(\d{8,})$")
-_BEST_NAME = re.compile(r"^best-(\d{8,})$")
+# step-<step>, or step-<step>.<n> for the n-th retake of a step after a resume from an older checkpoint.
+_DIR_NAME = re.compile(r"^step-(\d{8,})(?:\.(\d+))?$")
+_BEST_NAME = re.compile(r"^best-(\d{8,})()$")
+
+
+def unused_name(fs: pyarrow.fs.FileSystem, run_path: str, name: str) -> str:
+    """`name` if no directory of the run folder has it, else its first free retake `name.<n>` (n ≥ 1).
+
+    A group that resumes from an older checkpoint than the newest one there (which was corrupt or
+    cut short) takes the same steps again. Writing a retake over the old directory would mix two
+    checkpoints' files while Ray Train, which registered the old one under that path, may be
+    deleting it: the retake is written beside it, and sorts after it (`newest_first`).
+    """
+    candidate, retake = name, 0
+    while fs.get_file_info(f"{run_path}/{candidate}").type != pyarrow.fs.FileType.NotFound:
+        retake += 1
+        candidate = f"{name}.{retake}"
+    return candidate
 
 
 def best_dir_name(step: int) -> str:
@@ -255,11 +271,17 @@ def _names(fs: pyarrow.fs.FileSystem, run_path: str, pattern: re.Pattern) -> lis
     except FileNotFoundError:
         return []
     names = [i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory and pattern.match(i.base_name)]
-    return sorted(names, key=lambda name: int(pattern.match(name).group(1)), reverse=True)
+    return sorted(names, key=lambda name: _order(pattern.match(name)), reverse=True)
+
+
+def _order(match: re.Match) -> tuple[int, int]:
+    step, retake = match.groups()
+    return int(step), int(retake or 0)
 
 
 def newest_first(fs: pyarrow.fs.FileSystem, run_path: str) -> list[str]:
-    """Names of the checkpoint directories in a run folder, highest step first (complete or not)."""
+    """Names of the checkpoint directories in a run folder, highest step first, a step's newest retake
+    first (complete or not)."""
     return _names(fs, run_path, _DIR_NAME)
 
 
@@ -312,30 +334,35 @@ class Uploader:
         self._futures: list[concurrent.futures.Future] = []
 
     def submit(
-        self, local_directory: str, name: str, on_done=lambda: None, keep_local: bool = False
+        self, local_directory: str, name: str, on_done=lambda name: None, keep_local: bool = False,
+        overwrite: bool = True,
     ) -> concurrent.futures.Future:
-        """Queue the upload of `local_directory` as `<run>/<name>`; the future resolves to its storage path.
+        """Queue the upload of `local_directory` as `<run>/<name>`; the future resolves to its storage path,
+        and `on_done` hears the name it was written under.
 
-        The local copy is deleted afterwards unless `keep_local` (to upload it again under another name).
+        Without `overwrite`, a directory already there is left alone and the upload goes to the name's
+        first free retake (`unused_name`). The local copy is deleted afterwards unless `keep_local` (to
+        upload it again under another name).
         """
         self._futures = [f for f in self._futures if not f.done()]
         while len(self._futures) >= self.max_pending:
             self._futures.pop(0).result()
 
         def work() -> str:
-            destination = f"{self.run_path}/{name}"
+            written = name if overwrite else unused_name(self.fs, self.run_path, name)
+            destination = f"{self.run_path}/{written}"
             try:
                 upload(local_directory, self.fs, destination)
             except OSError as error:
                 resume = (f"{self.completed} stays the newest complete one, the point a restart resumes from"
                           if self.completed else "the newest complete checkpoint already in the run folder, "
                           "if any, stays the point a restart resumes from")
-                raise CheckpointError(f"checkpoint {name} could not be uploaded to {destination} after "
+                raise CheckpointError(f"checkpoint {written} could not be uploaded to {destination} after "
                                       f"{UPLOAD_ATTEMPTS} tries ({first_line(error)}); {resume}") from None
             if not keep_local:
                 shutil.rmtree(local_directory, ignore_errors=True)
-            self.completed = name
-            on_done()
+            self.completed = written
+            on_done(written)
             return destination
 
         future = self._pool.submit(work)

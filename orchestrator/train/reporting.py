@@ -32,7 +32,8 @@ def report(metrics: dict, directory: str | None, *, step: int, samples: int, upl
     name = checkpoint.dir_name(step)
     uploaded = uploader.submit(
         directory, name, keep_local=best,
-        on_done=lambda: post(kind=Kind.CHECKPOINT, step=step, samples=samples, path=name),
+        on_done=lambda written: post(kind=Kind.CHECKPOINT, step=step, samples=samples, path=written),
+        overwrite=False,  # a step taken again after a fallback resume: Ray Train registered the old one
     )
     if best:
         upload_best(uploader, directory, step, post)
@@ -56,7 +57,7 @@ def upload_best(uploader: checkpoint.Uploader, directory: str, step: int, post: 
     """Upload `directory` as best-<step> (rank 0); once complete, the older best copies go and BEST is posted."""
     best_name = checkpoint.best_dir_name(step)
 
-    def keep_only_this_best() -> None:
+    def keep_only_this_best(_written: str) -> None:
         checkpoint.remove_bests_except(uploader.fs, uploader.run_path, best_name)
         post(kind=Kind.BEST, step=step, path=best_name)
 

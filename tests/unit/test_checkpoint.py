@@ -204,3 +204,25 @@ def test_a_persistent_upload_failure_fails_naming_the_resume_point_and_never_loo
     assert "step-00000010 stays the newest complete one" in message
     assert checkpoint.peek(fs, f"/run/{checkpoint.dir_name(20)}") is None
     assert [name for name, _ in checkpoint.complete_newest_first(fs, "/run")] == ["step-00000010"]
+
+
+def test_a_step_taken_again_is_written_beside_its_old_directory_and_sorts_as_the_newer(tmp_path):
+    # After a fallback resume, the group takes a step again whose old directory (corrupt, and registered
+    # with Ray Train, which may delete it) is still there: the retake must not write into it.
+    fs, run = pyarrow.fs.LocalFileSystem(), str(tmp_path / "run")
+    uploader = checkpoint.Uploader(fs, run)
+    written: list[str] = []
+    for step in (30, 40):
+        uploader.submit(saved_checkpoint(tmp_path, step), checkpoint.dir_name(step), overwrite=False,
+                        on_done=written.append).result()
+    with open(f"{run}/step-00000040/{checkpoint.MODEL_FILE}", "r+b") as f:
+        f.truncate(100)  # corrupt, as a crash or a bad disk leaves it
+    local = tmp_path / "retake"
+    local.mkdir()
+    checkpoint.save(make_state(step=40), str(local))
+    uploader.submit(str(local), checkpoint.dir_name(40), overwrite=False, on_done=written.append).result()
+    uploader.close()
+    assert written == ["step-00000030", "step-00000040", "step-00000040.1"]
+    assert os.path.getsize(f"{run}/step-00000040/{checkpoint.MODEL_FILE}") == 100  # left as it was
+    assert checkpoint.newest_first(fs, run) == ["step-00000040.1", "step-00000040", "step-00000030"]
+    assert [name for name, _ in checkpoint.complete_newest_first(fs, run)] == ["step-00000040.1", "step-00000030"]

@@ -2,10 +2,10 @@
 
 Owns everything between a validated `JobSpec` and a `RunSummary`: reading the
 Parquet footers once (`data.source`), connecting Ray (`session`), refusing
-jobs that cannot run before any worker starts (`preflight`), building the
-trainer with its ScalingConfig / RunConfig / FailureConfig / CheckpointConfig,
-following progress while it fits, and writing `model.pt` and `summary.json`
-into the run folder `<storage>/<name>/`.
+jobs that cannot run before any worker starts (`preflight`), fitting Ray
+Train's trainer (`trainer`) while following progress, explaining a failed fit
+(`failures`), and writing `model.pt` and `summary.json` into the run folder
+`<storage>/<name>/`.
 
 It does not parse arguments or print: progress reaches the caller through
 `on_record`, and failures are raised as `OrchestratorError`s.
@@ -23,7 +23,7 @@ from typing import Callable
 from orchestrator import settings, storage
 from orchestrator.data import plan, source
 from orchestrator.data.index import DatasetIndex
-from orchestrator.driver import preflight, runfolder, session
+from orchestrator.driver import failures, preflight, runfolder, session, trainer
 from orchestrator.errors import (
     CheckpointError,
     DataError,
@@ -35,7 +35,7 @@ from orchestrator.errors import (
 )
 from orchestrator.job.spec import CLASSIFICATION_LOSSES, JobSpec
 from orchestrator.track.board import RunBoard
-from orchestrator.track.metadata import restart_cause, run_metadata
+from orchestrator.track.metadata import run_metadata
 from orchestrator.track.records import Kind
 from orchestrator.track.relay import Relay
 from orchestrator.track.summary import RunSummary, summarize
@@ -235,12 +235,12 @@ def _fit(prepared: PreparedJob, board, on_record, audit_samples: bool) -> tuple[
     """Run the TorchTrainer in a thread while this one relays the board's records."""
     import ray
 
-    trainer = _trainer(prepared, board, audit_samples)
+    fitting = trainer.build(prepared, board, audit_samples)
     outcome: dict = {}
 
     def fit() -> None:
         try:
-            outcome["result"] = trainer.fit()
+            outcome["result"] = fitting.fit()
         except BaseException as error:  # handed to the driver thread below
             outcome["error"] = error
 
@@ -262,7 +262,7 @@ def _fit(prepared: PreparedJob, board, on_record, audit_samples: bool) -> tuple[
     if "error" in outcome:
         last_start = max((i for i, r in enumerate(records) if r["kind"] == Kind.START), default=-1)
         stalls = [r for r in records[last_start + 1:] if r["kind"] == Kind.STALL]
-        return records, _explain_failure(outcome["error"], prepared.job, stalls)
+        return records, failures.explain(outcome["error"], prepared.job, stalls)
     digests = {r["weights_sha256"] for r in records if r["kind"] == Kind.FINAL}
     if len(digests) > 1 and prepared.job.model.trees:
         return records, TrainingError(
@@ -274,103 +274,3 @@ def _fit(prepared: PreparedJob, board, on_record, audit_samples: bool) -> tuple[
             "trustworthy. If the model has parameters unused in forward, set train.find_unused_parameters."
         )
     return records, None
-
-
-def _trainer(prepared: PreparedJob, board, audit_samples: bool):
-    """Ray Train's trainer for the job's model: TorchTrainer for networks, XGBoostTrainer or
-    LightGBMTrainer for trees, with the same config, scaling, storage, failure and checkpoint settings."""
-    import ray.train
-
-    job, backend = prepared.job, {}
-    if job.model.kind == "xgboost":
-        from ray.train.xgboost import XGBoostTrainer as Trainer
-
-        from orchestrator.train.boosting import train
-    elif job.model.kind == "lightgbm":
-        from ray.train.lightgbm import LightGBMTrainer as Trainer
-
-        from orchestrator.train.boosting import train
-    else:
-        from ray.train.torch import TorchConfig
-        from ray.train.torch import TorchTrainer as Trainer
-
-        from orchestrator.train.loop import train
-
-        # A collective waiting on a peer that is gone gives up well before torch's 1800 s: the
-        # controller's health check (below) normally ends the group first.
-        backend = {"torch_config": TorchConfig(timeout_s=int(HANG_TO_COLLECTIVE_TIMEOUT * job.failure.hang_timeout_s))}
-    # Ray Train reads it from the driver's environment when the controller starts and passes it on.
-    os.environ["RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"] = f"{job.failure.hang_timeout_s:g}"
-    fs, run_root = storage.arrow_filesystem(job.storage)
-    workers = job.scaling.workers if isinstance(job.scaling.workers, int) else tuple(job.scaling.workers)
-    return Trainer(
-        train,
-        **backend,
-        train_loop_config={
-            "job": job.to_dict(),
-            "index": prepared.index,
-            "validation_index": prepared.validation_index,
-            "audit_samples": audit_samples,
-            "board": board,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers,
-            use_gpu=job.scaling.use_gpu,
-            resources_per_worker={"CPU": job.scaling.cpus_per_worker, **({"GPU": 1} if job.scaling.use_gpu else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=job.name,
-            storage_path=run_root,
-            storage_filesystem=None if storage.is_local(job.storage) else fs,
-            failure_config=ray.train.FailureConfig(max_failures=job.failure.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoint.keep),
-            callbacks=[_failure_reporter(board)],
-        ),
-    )
-
-
-HANG_TO_COLLECTIVE_TIMEOUT = 5  # torch's process-group timeout, in failure.hang_timeout_s
-
-
-def _failure_reporter(board):
-    """A Ray Train callback, run on the controller, posting why a worker group failed."""
-    import ray.train
-
-    class FailureReporter(ray.train.UserCallback):
-        def after_exception(self, run_context, worker_exceptions: dict) -> None:
-            causes = {rank: _one_line(_root_cause(error)) for rank, error in worker_exceptions.items()}
-            board.post.remote({"kind": Kind.FAILURE, "causes": causes})
-
-    return FailureReporter()
-
-
-def _explain_failure(error: BaseException, job: JobSpec, stalls: list[dict]) -> OrchestratorError:
-    """One paragraph for a failed fit: our own error if a worker raised one, else the stalled ranks
-    of the last group (STALL records), else the root cause."""
-    from ray.train import WorkerGroupError
-
-    if isinstance(error, OrchestratorError):
-        return error
-    if stalls:
-        return TrainingError(f"training failed after {job.failure.max_failures} restart(s) allowed by "
-                             f"failure.max_failures: {restart_cause(None, stalls)}")
-    if isinstance(error, WorkerGroupError):
-        causes = {rank: _root_cause(e) for rank, e in sorted(error.worker_failures.items())}
-        ours = [c for c in causes.values() if isinstance(c, OrchestratorError)]
-        if ours:
-            return ours[0]
-        detail = "; ".join(f"rank {rank}: {_one_line(c)}" for rank, c in causes.items())
-        return TrainingError(
-            f"training failed after {job.failure.max_failures} restart(s) allowed by "
-            f"failure.max_failures: {detail}. Run with -v to see the workers' logs."
-        )
-    return TrainingError(f"training failed: {_one_line(_root_cause(error))}. Run with -v to see Ray's logs.")
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    cause = getattr(error, "cause", None)  # RayTaskError keeps the worker's own exception here
-    return cause if isinstance(cause, BaseException) else error
-
-
-def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {first_line(error, last=True)}"

@@ -11,7 +11,8 @@ down and a finished one lets the driver go:
   HANG_TO_COLLECTIVE_TIMEOUT times that;
 - tearing down a group's torch process group waits at most
   PROCESS_GROUP_SHUTDOWN_TIMEOUT_S (Ray's default, 30 s, is all lost when a
-  rank is frozen: the restart measured 48 s after a SIGSTOP, 23 s with 5 s);
+  rank is frozen: from a SIGSTOPped rank's failure to the new group's start
+  measured 43 s with it, 17 s with 5 s);
 - the controller does not wait for its placement-group cleaner to confirm it
   stopped (up to its 1 s poll at the end of every run).
 """

@@ -18,7 +18,11 @@ The same command after the driver died restores the Tune experiment: finished
 trials are kept, unfinished ones start again and resume their run folders
 from the newest verified checkpoint, and the search algorithm's and ASHA's
 state come back (Tune restores the searcher itself; ASHA's rungs travel in
-`SweepCallback`'s state, as Tune does not save its scheduler).
+the sweep callback's state, as Tune does not save its scheduler).
+
+This module owns the checks before Tune starts (the space, the cluster, the
+concurrency) and the Tuner; `sweep_trial` is what runs inside each trial, and
+`sweep_state` keeps sweep.json and best.yaml from Tune's trial events.
 """
 
 from __future__ import annotations
@@ -27,36 +31,24 @@ import dataclasses
 import logging
 import math
 import os
-import pickle
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
-
-import yaml
+from typing import Callable
 
 from orchestrator import storage
-from orchestrator.driver import launch, preflight, runfolder, session
-from orchestrator.driver.runfolder import BEST_FILE, SWEEP_FILE, TRIALS_DIR, TUNE_DIR
+from orchestrator.driver import launch, preflight, runfolder, session, sweep_state
+from orchestrator.driver.runfolder import SWEEP_FILE, TRIALS_DIR, TUNE_DIR
+from orchestrator.driver.sweep_trial import (
+    TIME_ATTR,
+    TRIAL_DRIVER_RESOURCES,
+    SweepPlan,
+    param_space,
+    run_trial,
+    trial_name,
+)
 from orchestrator.errors import LaunchError, SpecError, first_line
 from orchestrator.job import spec, trials
 from orchestrator.job.search import SearchSpec
 from orchestrator.track.metadata import this_driver
-from orchestrator.track.records import Kind
-from orchestrator.train.stopping import metric_value
-
-TIME_ATTR = "epoch"  # what trials report their progress in, for ASHA: completed epochs (rounds for trees)
-# A trial's own actor (launch.run's driver) needs no CPU: its Ray Train workers reserve theirs. Tune
-# refuses an empty bundle, so it reserves the memory that driver takes.
-TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 2**20}
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """What each trial needs, sent to it through Tune: small and picklable."""
-
-    base: dict  # the job mapping without `search`, its paths absolute
-    search: SearchSpec
-    trials_url: str  # where trial run folders go: <sweep>/trials
 
 
 def tune(raw: dict, *, source: str | None = None, default_name: str | None = None, address: str | None = None,
@@ -103,7 +95,7 @@ def tune(raw: dict, *, source: str | None = None, default_name: str | None = Non
         plan = dataclasses.replace(plan, base=spec.with_values(plan.base, {
             "tracking.mlflow_experiment": job.tracking.mlflow_experiment or job.name,
             "tracking.mlflow_parent_run_id": state["mlflow_run_id"]}))
-    live = _LiveSweep(sweep_url, state, search, on_event)
+    live = sweep_state.LiveSweep(sweep_url, state, search, on_event)
     live.write()
     embedded = False
     try:
@@ -113,7 +105,7 @@ def tune(raw: dict, *, source: str | None = None, default_name: str | None = Non
         tuner = _tuner(plan, sweep_url, fs, concurrency, _max_epochs(plan, prepared), verbose)
         announce(f"running {_trial_count(search)} trial(s), at most {concurrency} at once "
                  f"({search.algorithm} search{', ASHA' if search.scheduler == 'asha' else ''}) …")
-        _LIVE[sweep_url] = live
+        sweep_state.LIVE[sweep_url] = live
         tuner.fit()
         live.finish(storage.join(resolved.storage, f"{job.name}-best"))
     except BaseException as stopped:
@@ -125,7 +117,7 @@ def tune(raw: dict, *, source: str | None = None, default_name: str | None = Non
     finally:
         if state.get("mlflow_run_id"):
             _close_parent_run(job, state, on_event)
-        _LIVE.pop(sweep_url, None)
+        sweep_state.LIVE.pop(sweep_url, None)
         if embedded:
             import ray
 
@@ -314,252 +306,6 @@ def _tuner(plan: SweepPlan, sweep_url: str, fs, concurrency: int, max_epochs: in
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=sweep_url if remote is None else storage.arrow_filesystem(sweep_url)[1],
             storage_filesystem=remote, verbose=0, failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[sweep_callback(sweep_url, scheduler)],
+            callbacks=[sweep_state.sweep_callback(sweep_url, scheduler)],
         ),
     )
-
-
-def param_space(search: SearchSpec) -> dict[str, Any]:
-    """Tune's param space: each key's domain; a choice is sampled as the index of its value, which
-    `decode` turns back, so any YAML value (a list of widths) can be a choice."""
-    from ray import tune
-
-    space = {}
-    for key, domain in search.space.items():
-        if domain.kind == "choice":
-            indexes = list(range(len(domain.values)))
-            space[key] = tune.grid_search(indexes) if search.algorithm == "grid" else tune.choice(indexes)
-        elif domain.kind == "uniform":
-            space[key] = tune.uniform(*domain.values)
-        elif domain.kind == "loguniform":
-            space[key] = tune.loguniform(*domain.values)
-        else:
-            space[key] = tune.randint(domain.values[0], domain.values[1] + 1)  # Tune's high is excluded
-    return space
-
-
-def decode(search: SearchSpec, config: dict) -> dict[str, Any]:
-    """A trial's job values from its Tune config: choices looked up, numbers as plain Python numbers."""
-    values = {}
-    for key, domain in search.space.items():
-        sampled = config[key]
-        if domain.kind == "choice":
-            values[key] = domain.values[int(sampled)]
-        elif domain.kind == "randint":
-            values[key] = int(sampled)
-        else:
-            values[key] = float(sampled)
-    return values
-
-
-def trial_name(trial) -> str:
-    """A Tune trial's run folder name (and Tune's name for it)."""
-    return run_name(trial.trial_id)
-
-
-def run_name(trial_id: str) -> str:
-    """The run folder name of the trial with Tune's `trial_id`: stable across a restore."""
-    return f"trial-{trial_id}"
-
-
-def run_trial(config: dict, plan: SweepPlan) -> None:
-    """One trial, inside its Tune actor: the job with this sample, run to its end by `launch.run`,
-    reporting each epoch's reduced metrics to Tune; a last report says the run finished."""
-    from ray import tune
-
-    context = tune.get_context()
-    job = trials.trial_job(plan.base, decode(plan.search, config), name=run_name(context.get_trial_id()),
-                           storage=plan.trials_url)
-
-    reported: list[int] = []
-
-    def on_record(record: dict) -> None:
-        if record["kind"] == Kind.EPOCH and record.get("complete", True):
-            reported.append(record["epoch"])
-            tune.report(_result(plan.search.metric, record["epoch"] + 1, record.get("train") or {},
-                                record.get("validation") or {}))
-
-    summary = launch.run(job, on_record=on_record)
-    if not reported:  # a run found complete (its trial ended as the last driver died): its epochs, again
-        for epoch, train, validation in _stored_epochs(summary.run_dir):
-            tune.report(_result(plan.search.metric, epoch + 1, train, validation))
-    tune.report({**_result(plan.search.metric, summary.epochs_completed, summary.train, summary.validation),
-                 "run_status": "finished", "stopped_early": summary.stopped_early})
-
-
-def _stored_epochs(run_url: str) -> list[tuple[int, dict, dict]]:
-    """(epoch, train metrics, validation metrics) of each epoch in a finished run's metrics.parquet, so a
-    scheduler that lost them with a killed driver (ASHA's rungs) hears them again."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.arrow_filesystem(run_url)
-    rows = pq.read_table(f"{path}/{runfolder.HISTORY_FILE}", filesystem=fs).to_pylist()
-    epochs: dict[int, tuple[int, dict, dict]] = {}
-    for row in rows:
-        if row["name"] == "epoch/train_loss":
-            epochs.setdefault(row["step"], (row["epoch"], {}, {}))[1]["loss"] = row["value"]
-    for row in rows:
-        if row["name"].startswith("val/") and row["step"] in epochs:
-            epochs[row["step"]][2][row["name"].split("/", 1)[1]] = row["value"]
-    return [epochs[step] for step in sorted(epochs)]
-
-
-def _result(metric: str, epochs: int, train: dict, validation: dict) -> dict:
-    result = {TIME_ATTR: epochs, **{f"train_{k}": v for k, v in train.items() if isinstance(v, (int, float))},
-              **{f"val_{k}": v for k, v in validation.items() if isinstance(v, (int, float))}}
-    value = metric_value(metric, train, validation)
-    if value is None or math.isnan(value):
-        result.pop(metric, None)  # Tune's scheduler and searcher skip a result without the metric
-    return result
-
-
-# The live sweep of each sweep URL in this driver. Tune restores its callbacks from its own pickle
-# (tune/tuner.pkl), so the callback finds the driver's state here rather than holding it.
-_LIVE: dict[str, _LiveSweep] = {}
-
-
-def sweep_callback(sweep_url: str, scheduler):
-    """The Tune callback that keeps sweep.json and the CLI up to date, and saves ASHA's state with
-    Tune's experiment state (Tune itself restores the searcher but not the scheduler)."""
-    from ray import tune
-
-    class SweepCallback(tune.Callback):
-        def __init__(self) -> None:
-            self.sweep_url, self.scheduler = sweep_url, scheduler
-
-        def _live(self) -> _LiveSweep | None:
-            # Imported when called: Tune pickles this class by value, which would copy a global it names.
-            from orchestrator.driver.sweep import _LIVE
-
-            return _LIVE.get(self.sweep_url)
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            if self._live():
-                self._live().started(trial)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if self._live():
-                self._live().reported(trial, result)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            if self._live():
-                self._live().ended(trial, failed=False)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            if self._live():
-                self._live().ended(trial, failed=True)
-
-        def get_state(self) -> dict | None:
-            return {"scheduler": pickle.dumps(self.scheduler.__dict__)} if self.scheduler is not None else None
-
-        def set_state(self, state: dict) -> None:
-            if self.scheduler is not None and state.get("scheduler"):
-                self.scheduler.__dict__.update(pickle.loads(state["scheduler"]))
-
-    return SweepCallback()
-
-
-class _LiveSweep:
-    """The driver's view of a running sweep: sweep.json's content, written on every trial event."""
-
-    def __init__(self, sweep_url: str, state: dict, search: SearchSpec, on_event: Callable[[dict], None]):
-        self.url, self.state, self.search, self.on_event = sweep_url, state, search, on_event
-        self.fs, self.path = storage.arrow_filesystem(sweep_url)
-
-    def write(self) -> None:
-        storage.write_json(self.fs, f"{self.path}/{SWEEP_FILE}", {**self.state, "updated_at": time.time()})
-
-    def _entry(self, trial) -> dict:
-        name = trial_name(trial)
-        entry = self.state["trials"].setdefault(name, {"params": decode(self.search, trial.config),
-                                                       "run": f"{TRIALS_DIR}/{name}", "started_at": time.time()})
-        return entry
-
-    def started(self, trial) -> None:
-        entry = self._entry(trial)
-        entry.update(status="running", why=None)
-        self.write()
-        self.on_event({"kind": "trial", "trial": trial_name(trial), "status": "running", "params": entry["params"]})
-
-    def reported(self, trial, result: dict) -> None:
-        entry = self._entry(trial)
-        if TIME_ATTR in result:
-            entry["epochs"] = result[TIME_ATTR]
-        if self.search.metric in result:
-            entry["metric"] = result[self.search.metric]
-            if not result.get("run_status"):  # the per-epoch curve the sweep's report plots
-                entry.setdefault("curve", []).append([result.get(TIME_ATTR), result[self.search.metric]])
-        if not result.get("run_status"):
-            self.on_event({"kind": "result", "trial": trial_name(trial), "epoch": result.get(TIME_ATTR),
-                           "metric": self.search.metric, "value": result.get(self.search.metric)})
-
-    def ended(self, trial, failed: bool) -> None:
-        """A trial ended: failed (Tune says so, or its run does), finished (its run said so in its last
-        report), or else stopped by the scheduler."""
-        entry, last = self._entry(trial), trial.last_result or {}
-        if entry.get("status") == "failed":
-            return  # Tune may announce a failed trial twice (as failed, then as complete)
-        run_url = storage.join(self.url, entry["run"])
-        fs, path = storage.arrow_filesystem(run_url)
-        meta = storage.read_json(fs, f"{path}/{runfolder.RUN_FILE}") or {}
-        if failed or meta.get("status") == "failed":
-            entry.update(status="failed", why=meta.get("error") or _tune_error(trial))
-        elif last.get("run_status") == "finished":
-            epochs = entry.get("epochs")
-            entry.update(status="finished", why=("stopped by early_stopping" if last.get("stopped_early")
-                                                 else f"trained all {epochs} epoch(s)"))
-        else:
-            value = entry.get("metric")
-            shown = f"{self.search.metric} {value:.4g}" if isinstance(value, (int, float)) else "its metric"
-            entry.update(status="pruned", why=(f"stopped by ASHA after epoch {entry.get('epochs')}: {shown} was not "
-                                               f"in the best 1/{self.search.reduction_factor} at that milestone"))
-            _mark_run(run_url, "stopped", entry["why"])
-        entry["ended_at"] = time.time()
-        self.write()
-        self.on_event({"kind": "trial", "trial": trial_name(trial), **{k: entry.get(k) for k in
-                                                                        ("status", "why", "metric", "epochs")}})
-
-    def finish(self, best_url: str) -> None:
-        """After Tune returns: the best finished trial is named and its job written as best.yaml."""
-        finished = {name: entry for name, entry in self.state["trials"].items()
-                    if entry.get("status") == "finished" and isinstance(entry.get("metric"), (int, float))}
-        best = None
-        if finished:
-            pick = max if self.search.maximize else min
-            best = pick(finished, key=lambda name: finished[name]["metric"])
-            job = _best_job(storage.join(self.url, finished[best]["run"]), best_url)
-            with self.fs.open_output_stream(f"{self.path}/{BEST_FILE}") as out:
-                out.write(yaml.safe_dump(job, sort_keys=False).encode())
-        self.state.update(status="finished", best=best, error=None, ended_at=time.time())
-        self.write()
-
-
-def _tune_error(trial) -> str:
-    """The last line of the error Tune recorded for a trial (when its run wrote no cause of its own)."""
-    try:
-        with open(trial.error_file) as lines:
-            text = [line.strip() for line in lines if line.strip()]
-    except (OSError, TypeError):
-        text = []
-    return text[-1] if text else "the trial's process failed before its run recorded a cause"
-
-
-def _best_job(run_url: str, best_url: str) -> dict:
-    """The resolved job in a trial's run.json, renamed and placed to run again as `best_url`."""
-    fs, path = storage.arrow_filesystem(run_url)
-    job = dict((storage.read_json(fs, f"{path}/{runfolder.RUN_FILE}") or {})["job"])
-    job.pop("search", None)
-    if job.get("tracking"):  # the best job runs on its own, not as one of the sweep's trials
-        job["tracking"] = {**job["tracking"], "mlflow_parent_run_id": None}
-    parent, _, name = best_url.rstrip("/").rpartition("/")
-    return {**job, "name": name, "storage": parent}
-
-
-def _mark_run(run_url: str, status: str, why: str) -> None:
-    """Record in a trial's run.json why the sweep stopped it: its process may be gone before it can."""
-    fs, path = storage.arrow_filesystem(run_url)
-    meta = storage.read_json(fs, f"{path}/{runfolder.RUN_FILE}")
-    if meta is not None and meta.get("status") not in ("finished", "failed"):
-        storage.write_json(fs, f"{path}/{runfolder.RUN_FILE}", {**meta, "status": status, "error": why,
-                                                               "ended_at": time.time()})
-

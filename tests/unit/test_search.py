@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orchestrator.driver.sweep import decode
+from orchestrator.driver.sweep_trial import decode
 from orchestrator.errors import SpecError
 from orchestrator.job import spec, trials
 from orchestrator.job.search import Domain

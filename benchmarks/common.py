@@ -126,11 +126,13 @@ def start_ray() -> str:
     return address
 
 
-def ray_session_dir() -> str:
-    """The session directory of the Ray this process is connected to (for Ray Train's own logs)."""
+def ray_session_dir() -> str | None:
+    """The session directory of the Ray this process is connected to (for Ray Train's own logs); None
+    before it connects (a run's first records, about its data, come before Ray starts)."""
     import ray
 
-    return ray._private.worker._global_node.get_session_dir_path()  # no public API names it
+    node = ray._private.worker._global_node  # no public API names the session directory
+    return node.get_session_dir_path() if node is not None else None
 
 
 def ray_train_timeline(session_dir: str) -> dict:

@@ -172,7 +172,7 @@ def ours(data: str, workers: int) -> dict:
     session = []
 
     def on_record(record: dict) -> None:
-        session[:] = session or [ray_session_dir()]
+        session[:] = session or [d for d in [ray_session_dir()] if d]
         records.append(record)
 
     summary = launch.run(spec.from_dict(raw), fresh=True, on_record=on_record)

@@ -105,7 +105,7 @@ def ours(data: str) -> dict:
     plan, session = KillPlan(), []
 
     def on_record(record: dict) -> None:
-        session[:] = session or [ray_session_dir()]
+        session[:] = session or [d for d in [ray_session_dir()] if d]
         plan(record)
 
     summary = launch.run(spec.from_dict(raw), fresh=True, on_record=on_record)

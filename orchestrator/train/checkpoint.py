@@ -227,7 +227,7 @@ def load_trees(directory: str) -> TreeState:
 
 # step-<step>, or step-<step>.<n> for the n-th retake of a step after a resume from an older checkpoint.
 _DIR_NAME = re.compile(r"^step-(\d{8,})(?:\.(\d+))?$")
-_BEST_NAME = re.compile(r"^best-(\d{8,})()$")
+_BEST_NAME = re.compile(r"^best-(\d{8,})$")
 
 
 def unused_name(fs: pyarrow.fs.FileSystem, run_path: str, name: str) -> str:
@@ -275,7 +275,7 @@ def _names(fs: pyarrow.fs.FileSystem, run_path: str, pattern: re.Pattern) -> lis
 
 
 def _order(match: re.Match) -> tuple[int, int]:
-    step, retake = match.groups()
+    step, retake = (*match.groups(), None)[:2]  # best-* names have no retake
     return int(step), int(retake or 0)
 
 

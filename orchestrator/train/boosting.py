@@ -58,6 +58,7 @@ from orchestrator.train import (
     reporting,
     resume,
     stopping,
+    upload,
 )
 from orchestrator.train.rehearsal import Rehearsal
 from orchestrator.train.watchdog import Watchdog, posting_to
@@ -204,7 +205,7 @@ class _Booster:
         self.last_checkpoint_time = time.monotonic()
         self.margins: dict[str, np.ndarray] = {}
         self.round_started = time.perf_counter()
-        self.uploader = checkpoint.Uploader(self.fs, self.run_path)
+        self.uploader = upload.Uploader(self.fs, self.run_path)
         self.rehearsal = Rehearsal(board, rank, job.failure.inject, False) if job.failure.inject else None
         self.watchdog = Watchdog(job.failure.hang_timeout_s, posting_to(board, rank))
 

@@ -55,6 +55,7 @@ from orchestrator.train import (
     reporting,
     resume,
     stopping,
+    upload,
 )
 from orchestrator.train.distributed import all_reduce_sum, reseed, weights_digest
 from orchestrator.train.rehearsal import Rehearsal
@@ -163,7 +164,7 @@ class _Worker:
         if job.train.compile:
             self.model = torch.compile(self.model)
 
-        self.uploader = checkpoint.Uploader(self.storage_fs, self.run_path)
+        self.uploader = upload.Uploader(self.storage_fs, self.run_path)
         self.watchdog = Watchdog(job.failure.hang_timeout_s, posting_to(board, rank))
 
         # Everything below is what a checkpoint restores.

@@ -1,7 +1,7 @@
 """How a rank hands a checkpoint to storage and to Ray Train, for networks and trees alike.
 
 Owns the one order that makes checkpoints durable without waiting for Ray
-Train: rank 0's saved directory goes to our `checkpoint.Uploader` (manifest
+Train: rank 0's saved directory goes to our `upload.Uploader` (manifest
 last) and, for early stopping's best, a second copy outside retention; every
 rank then calls `ray.train.report` with the same metrics (a collective), and
 Ray Train registers rank 0's upload when its controller next polls.
@@ -14,10 +14,10 @@ from typing import Callable
 import ray.train
 
 from orchestrator.track.records import Kind
-from orchestrator.train import checkpoint
+from orchestrator.train import checkpoint, upload
 
 
-def report(metrics: dict, directory: str | None, *, step: int, samples: int, uploader: checkpoint.Uploader,
+def report(metrics: dict, directory: str | None, *, step: int, samples: int, uploader: upload.Uploader,
            post: Callable[..., None], best: bool = False) -> None:
     """Report `metrics` from this rank, with rank 0's checkpoint `directory` (None on other ranks).
 
@@ -53,7 +53,7 @@ def report(metrics: dict, directory: str | None, *, step: int, samples: int, upl
     )
 
 
-def upload_best(uploader: checkpoint.Uploader, directory: str, step: int, post: Callable[..., None]) -> None:
+def upload_best(uploader: upload.Uploader, directory: str, step: int, post: Callable[..., None]) -> None:
     """Upload `directory` as best-<step> (rank 0); once complete, the older best copies go and BEST is posted."""
     best_name = checkpoint.best_dir_name(step)
 

@@ -15,7 +15,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from orchestrator.data.plan import Cursor
 from orchestrator.errors import CheckpointError
 from orchestrator.track.history import HISTORY_SCHEMA, History
-from orchestrator.train import checkpoint
+from orchestrator.train import checkpoint, upload
 
 
 def make_state(step: int = 40) -> checkpoint.TrainState:
@@ -128,7 +128,7 @@ def test_upload_then_scan_finds_checkpoints_newest_first(tmp_path):
     run = tmp_path / "run"
     for step in (5, 120, 40):
         source = saved(local, step)
-        checkpoint.upload(source, fs, str(run / checkpoint.dir_name(step)))
+        upload.upload(source, fs, str(run / checkpoint.dir_name(step)))
     (run / "not-a-checkpoint").mkdir()
     assert checkpoint.newest_first(fs, str(run)) == ["step-00000120", "step-00000040", "step-00000005"]
     assert checkpoint.peek(fs, str(run / "step-00000120"))["step"] == 120
@@ -179,10 +179,10 @@ def saved_checkpoint(directory, step: int) -> str:
 
 
 def test_a_transient_upload_failure_is_retried_and_the_checkpoint_completes(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "UPLOAD_BACKOFF_S", 0.01)
+    monkeypatch.setattr(upload, "UPLOAD_BACKOFF_S", 0.01)
     flaky = FlakyFileSystem(failures=2, skip_instance_cache=True)
     fs = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(flaky))
-    uploader = checkpoint.Uploader(fs, "/run")
+    uploader = upload.Uploader(fs, "/run")
     uploader.submit(saved_checkpoint(tmp_path, 10), checkpoint.dir_name(10)).result()
     uploader.close()
     assert checkpoint.peek(fs, f"/run/{checkpoint.dir_name(10)}") is not None
@@ -190,10 +190,10 @@ def test_a_transient_upload_failure_is_retried_and_the_checkpoint_completes(tmp_
 
 
 def test_a_persistent_upload_failure_fails_naming_the_resume_point_and_never_looks_complete(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "UPLOAD_BACKOFF_S", 0.01)
+    monkeypatch.setattr(upload, "UPLOAD_BACKOFF_S", 0.01)
     flaky = FlakyFileSystem(failures=0, skip_instance_cache=True)
     fs = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(flaky))
-    uploader = checkpoint.Uploader(fs, "/run")
+    uploader = upload.Uploader(fs, "/run")
     uploader.submit(saved_checkpoint(tmp_path, 10), checkpoint.dir_name(10)).result()
     flaky.failures = 10**6  # storage goes away for good
     future = uploader.submit(saved_checkpoint(tmp_path, 20), checkpoint.dir_name(20))
@@ -210,7 +210,7 @@ def test_a_step_taken_again_is_written_beside_its_old_directory_and_sorts_as_the
     # After a fallback resume, the group takes a step again whose old directory (corrupt, and registered
     # with Ray Train, which may delete it) is still there: the retake must not write into it.
     fs, run = pyarrow.fs.LocalFileSystem(), str(tmp_path / "run")
-    uploader = checkpoint.Uploader(fs, run)
+    uploader = upload.Uploader(fs, run)
     written: list[str] = []
     for step in (30, 40):
         uploader.submit(saved_checkpoint(tmp_path, step), checkpoint.dir_name(step), overwrite=False,

@@ -468,7 +468,10 @@ def _small(r: dict) -> str:
                    "checkpointing", "shutdown")
     rows = []
     for label, key in (("plain torch script (limit)", "plain"), ("ours cold", "ours_cold"),
+                       ("ours cold, 1 worker × 2 CPUs", "ours_cold_1w"),
                        ("ours warm, 1st run after `up`", "ours_warm_1"), ("ours warm, 2nd run", "ours_warm_2")):
+        if key not in small:  # a report of a run from before the 1-worker case
+            continue
         c = small[key]
         phases = c.get("phases") or {}
         rows.append([label, c["time_to_first_step_s"], c["after_first_step_s"], c["process_wall_s"], c["val_auc"],
@@ -476,7 +479,8 @@ def _small(r: dict) -> str:
     return (
         "## Small jobs (issue 12)\n\n"
         "`python -m benchmarks.small`'s cases (see its docstring): a 569-row, 30-feature table, MLP 64-64, batch 32, "
-        "60 epochs with validation every epoch; ours on 2 workers × 1 CPU with the job's defaults. Time to first "
+        "60 epochs with validation every epoch; ours on 2 workers × 1 CPU with the job's defaults (one more cold "
+        "run on 1 worker × 2 CPUs: the same batches in the same order). Time to first "
         "step counts from the process's spawn; after the first step runs to the end of the run (ours: its summary). "
         f"`orchestrator up` itself took {small['up_s']} s before the warm runs.{when}\n\n"
         + _table(["run", "time to first step s", "after first step s", "process wall s", "val AUC",

@@ -154,6 +154,7 @@ def measure_small(size: str) -> dict:
     results = {
         "plain": _child("small", "plain", "small-plain", data=data),
         "ours_cold": _child("small", "ours", "small-ours-cold", data=data, name="small-cold"),
+        "ours_cold_1w": _child("small", "ours", "small-ours-cold-1w", data=data, name="small-cold-1w", workers=1),
     }
     state = tempfile.mkdtemp(prefix="orc-bench-state-")
     warm_env = {"ORCHESTRATOR_STATE_DIR": state}

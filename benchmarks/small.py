@@ -19,7 +19,9 @@ plain  one process: pyarrow → numpy, standardized with the training rows'
 ours   `launch.run` (what `orchestrator run` calls), 2 workers × 1 CPU, the job
        file's defaults otherwise (in-memory data, coalesced epoch checkpoints);
        cold: the run starts its own local Ray; warm: it joins the local Ray the
-       parent started with `orchestrator up` before the warm runs.
+       parent started with `orchestrator up` before the warm runs. One more cold
+       run takes the same job on 1 worker × 2 CPUs (the same batches in the same
+       order, without a gradient all-reduce between processes).
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ def plain(data: str) -> dict:
             "val_auc": round(auc, 4)}
 
 
-def job(data: str, name: str) -> dict:
-    """The small job as a job-file mapping."""
+def job(data: str, name: str, workers: int = 2) -> dict:
+    """The small job as a job-file mapping: `workers` share the 2 CPUs."""
     return {
         "name": name,
         "data": {"path": data, "label": "diagnosis", "validation": 0.2},
@@ -108,17 +110,17 @@ def job(data: str, name: str) -> dict:
         "loss": "bce",
         "optim": {"name": "adam", "lr": 1e-3},
         "train": {"epochs": EPOCHS, "batch_size": BATCH, "seed": 0},
-        "scaling": {"workers": 2, "cpus_per_worker": 1},
+        "scaling": {"workers": workers, "cpus_per_worker": 2 / workers},
         "storage": str(WORK / "runs"),
     }
 
 
-def ours(data: str, name: str) -> dict:
+def ours(data: str, name: str, workers: int = 2) -> dict:
     from orchestrator.driver import launch
     from orchestrator.job import spec
 
     records: list[dict] = []
-    summary = launch.run(spec.from_dict(job(data, name)), fresh=True, on_record=records.append)
+    summary = launch.run(spec.from_dict(job(data, name, workers)), fresh=True, on_record=records.append)
     first = next(r["time"] for r in records if r["kind"] == "first_step")
     end = next(r["time"] for r in records if r["kind"] == "summary")  # what `run` prints the summary on
     return {"first_step_time": first, "end_time": end, "after_first_step_s": round(end - first, 3),

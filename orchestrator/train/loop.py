@@ -62,6 +62,9 @@ from orchestrator.train.rehearsal import Rehearsal
 from orchestrator.train.watchdog import Watchdog, posting_to
 
 _VALIDATION_BATCH_ROWS = 8192
+# How often (by rank 0's clock) a log point asks Ray Train whether the group is being preempted: the
+# question is a barrier through Ray Train's synchronization actor (~1.5 ms), and notices come minutes ahead.
+_PREEMPTION_CHECK_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -177,6 +180,7 @@ class _Worker:
         self.seconds_per_step = 0.0
         self.timer_due_step: int | None = None
         self.preempted = self.preemption_handled = False
+        self.last_preemption_check = time.monotonic()
 
     @property
     def total_steps(self) -> int:
@@ -244,9 +248,10 @@ class _Worker:
         # Each rank's loss is its row sum × world / global batch; DDP's mean over
         # ranks then gives the mean over the global batch whatever each rank's share.
         scale = self.world / self.job.train.batch_size
-        micro_batches = list(zip(*(t.tensor_split(self.job.train.grad_accum_steps) for t in
-                                   (batch.numeric, batch.codes, batch.labels))))
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        parts = (batch.numeric, batch.codes, batch.labels)
+        accum = self.job.train.grad_accum_steps
+        micro_batches = list(zip(*(t.tensor_split(accum) for t in parts))) if accum > 1 else [parts]
+        loss_sum = None
         for i, (numeric, codes, labels) in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # Only the last micro-batch all-reduces; the others accumulate locally.
@@ -256,7 +261,7 @@ class _Worker:
                                      codes.to(self.device, non_blocking=True))
                 loss = self.summed_loss(outputs.float(), labels.to(self.device, non_blocking=True))
                 (loss * scale).backward()
-            loss_sum += loss.detach()
+            loss_sum = loss.detach().double() if loss_sum is None else loss_sum + loss.detach()
         parameters = [p for p in self.net.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
         if not torch.isfinite(norm):  # gradients are all-reduced, so every rank agrees here
@@ -279,17 +284,22 @@ class _Worker:
         """Reduce each step's train loss since the last log point across ranks; record and post them.
 
         The same all-reduce carries rank 0's checkpoint-timer figures, so every
-        rank projects the same timer step; and every rank asks Ray Train here
-        whether the group is being preempted.
+        rank projects the same timer step, and rank 0's time since it last asked
+        Ray Train whether the group is being preempted, so every rank asks again
+        together once that is due.
         """
         self.watchdog.beat("reducing the train loss across ranks", self.step)
         elapsed = time.perf_counter() - progress.log_started
-        timer = [time.monotonic() - self.last_checkpoint_time, elapsed / len(progress.step_losses)]
-        *loss_sums, since_checkpoint, per_step = all_reduce_sum(
-            [*progress.step_losses, *(timer if self.rank == 0 else [0.0, 0.0])], self.device)
+        tick = time.monotonic()
+        clocks = [tick - self.last_checkpoint_time, elapsed / len(progress.step_losses),
+                  tick - self.last_preemption_check]
+        *loss_sums, since_checkpoint, per_step, since_preemption_check = all_reduce_sum(
+            [*progress.step_losses, *(clocks if self.rank == 0 else [0.0] * len(clocks))], self.device)
         self.seconds_per_step = per_step
         self.timer_due_step = policy.timer_due_step(self.job.checkpoint, self.step, since_checkpoint, per_step)
-        self.preempted = self.preempted or self._preempted()
+        if since_preemption_check >= _PREEMPTION_CHECK_INTERVAL_S and not self.preemption_handled:
+            self.last_preemption_check = time.monotonic()
+            self.preempted = self.preempted or self._preempted()
         batch, now = self.job.train.batch_size, time.time()
         epoch, first = self._epoch_in_progress(), self.step - len(loss_sums) + 1
         rows = []
@@ -412,7 +422,7 @@ class _Worker:
     def _preempted(self) -> bool:
         """True once when Ray Train signals that a node of this group is about to be reclaimed.
 
-        `get_preemption_info` is a barrier: every rank calls it at every log point.
+        `get_preemption_info` is a barrier: every rank calls it at the same log point (`_log`).
         """
         info = ray.train.get_preemption_info()
         if info is None or self.preemption_handled:
@@ -455,9 +465,9 @@ class _Worker:
     # -- helpers ------------------------------------------------------------
 
     def _autocast(self):
-        return torch.autocast(
-            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.job.train.precision == "bf16"
-        )
+        if self.job.train.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def _report_non_finite(self, batch, loss_sum: torch.Tensor) -> None:
         """Post why this step's gradient norm is not finite: the inputs (a numeric input column past

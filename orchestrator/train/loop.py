@@ -139,6 +139,7 @@ class _Worker:
         inputs = self.preprocessing.input_description()
         self.net = models.build_model(job.model, job.loss, inputs, models.output_size(job, inputs)).to(device)
         self.optimizer = optim.build_optimizer(job.optim, self.net.parameters())
+        self.parameters = list(self.net.parameters())  # walking the modules each step costs ~50 µs
         self.reader = ShardReader(
             index,
             self.layout,
@@ -262,7 +263,7 @@ class _Worker:
                 loss = self.summed_loss(outputs.float(), labels.to(self.device, non_blocking=True))
                 (loss * scale).backward()
             loss_sum = loss.detach().double() if loss_sum is None else loss_sum + loss.detach()
-        parameters = [p for p in self.net.parameters() if p.grad is not None]
+        parameters = [p for p in self.parameters if p.grad is not None]
         norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
         if not torch.isfinite(norm):  # gradients are all-reduced, so every rank agrees here
             self._report_non_finite(batch, loss_sum)

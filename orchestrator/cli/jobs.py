@@ -13,20 +13,17 @@ from orchestrator.track.records import Kind
 
 def register(commands) -> None:
     """Add `run`, `tune` and `validate` to the command line's subcommands."""
-    run = commands.add_parser("run", help="train a job across Ray Train workers")
-    job_arguments(run)
-    run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
-    run.add_argument("--fresh", action="store_true", help="delete an earlier run of this name first")
-    run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and per-step progress")
-    run.set_defaults(command=_run)
-
-    tune = commands.add_parser("tune", help="search a job's hyperparameters (its search section) on Ray Tune; "
-                                            "each trial is a whole run")
-    job_arguments(tune)
-    tune.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
-    tune.add_argument("--fresh", action="store_true", help="delete an earlier sweep of this name first")
-    tune.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Tune's own logs")
-    tune.set_defaults(command=_tune)
+    for name, text, folder, logs, command in (
+        ("run", "train a job across Ray Train workers", "run", "Ray's own logs and per-step progress", _run),
+        ("tune", "search a job's hyperparameters (its search section) on Ray Tune; each trial is a whole run",
+         "sweep", "Ray's and Tune's own logs", _tune),
+    ):
+        sub = commands.add_parser(name, help=text)
+        job_arguments(sub)
+        sub.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+        sub.add_argument("--fresh", action="store_true", help=f"delete an earlier {folder} of this name first")
+        sub.add_argument("-v", "--verbose", action="store_true", help=f"show {logs}")
+        sub.set_defaults(command=command)
 
     validate = commands.add_parser("validate", help="check a job file and its data footers without starting Ray; "
                                                     "leaves no file behind")

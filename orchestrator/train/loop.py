@@ -299,7 +299,7 @@ class _Worker:
         self.seconds_per_step = per_step
         self.timer_due_step = policy.timer_due_step(self.job.checkpoint, self.step, since_checkpoint, per_step)
         if since_preemption_check >= _PREEMPTION_CHECK_INTERVAL_S and not self.preemption_handled:
-            self.last_preemption_check = time.monotonic()
+            self.last_preemption_check = tick
             self.preempted = self.preempted or self._preempted()
         batch, now = self.job.train.batch_size, time.time()
         epoch, first = self._epoch_in_progress(), self.step - len(loss_sums) + 1
@@ -421,12 +421,13 @@ class _Worker:
             preempted=self.preempted, timer_due_step=self.timer_due_step))
 
     def _preempted(self) -> bool:
-        """True once when Ray Train signals that a node of this group is about to be reclaimed.
+        """True when Ray Train signals that a node of this group is about to be reclaimed; `_log` stops
+        asking once it has (`preemption_handled`).
 
         `get_preemption_info` is a barrier: every rank calls it at the same log point (`_log`).
         """
         info = ray.train.get_preemption_info()
-        if info is None or self.preemption_handled:
+        if info is None:
             return False
         self.preemption_handled = True
         self._post(kind=Kind.WARNING, message=f"nodes {info.preempted_node_ids} are being preempted "
